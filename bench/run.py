@@ -1,0 +1,262 @@
+"""Ingest benchmarks: `python bench/run.py` prints the figures and writes BENCHMARKS.md.
+
+Cases, each on SQLite (a temp file) and PostgreSQL (a temp database, when reachable):
+- the largest snapshot of `../shared/data/offers` (all its clouds): cold ingest into an empty
+  store, then a re-poll of the same market with a few price changes;
+- a 100,000-offer market built by scaling real rows of that snapshot (every non-GCP row
+  repeated with a suffixed instance type, as many per-zone / per-listing offers as a full
+  AWS + Vast market has), cold and re-poll;
+- the floor: just reading the same CSV rows with `csv.DictReader`.
+Every measurement runs in its own process so peak memory (max RSS) is that case's alone.
+Loopback only; bounded; nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("BROKER_BENCH_DATA_DIR", REPO.parent / "shared" / "data"))
+PG_ADMIN = os.environ.get(
+    "BROKER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+TARGET_OFFERS = 100_000
+CHANGED = 20  # price changes in the "few changes" re-poll
+T0 = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def _rows_in(folder: Path) -> int:
+    return sum(sum(1 for _ in p.open()) - 1 for p in folder.glob("*.csv"))
+
+
+def largest_snapshot() -> Path:
+    folders = sorted(p for p in (DATA / "offers").iterdir() if p.is_dir())
+    return max(folders, key=_rows_in)
+
+
+def build_scaled(src: Path, dst: Path, target: int) -> int:
+    """Copy `src` to `dst`, repeating every non-GCP row k times (instance type suffixed
+    `.rN`) so the market reaches about `target` offers. Returns k."""
+    from providers.replay import read_snapshot
+
+    base = len(read_snapshot(src, T0).offers)
+    gcp = len([o for o in read_snapshot(src, T0).offers if o.provider == "gcp"])
+    k = max(1, -(-(target - gcp) // max(1, base - gcp)))
+    shutil.copytree(src, dst)
+    for path in sorted(dst.glob("*.csv")):
+        if path.stem == "gcp":
+            continue
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [r for r in reader]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
+            writer.writeheader()
+            for i in range(k):
+                for r in rows:
+                    r2 = dict(r)
+                    r2["InstanceType"] = f"{r['InstanceType']}.r{i}"
+                    writer.writerow(r2)
+    return k
+
+
+# ------------------------------------------------------------------- one measurement
+
+
+def measure(case: str, folder: Path, db_url: str) -> dict[str, Any]:
+    """Runs inside a fresh process: parse floor, or cold ingest + few-change re-poll."""
+    if case == "parse_floor":
+        t = time.perf_counter()
+        n = 0
+        for path in sorted(folder.rglob("*.csv")):
+            with path.open(newline="") as f:
+                for _ in csv.DictReader(f):
+                    n += 1
+        return {"rows": n, "seconds": time.perf_counter() - t}
+
+    from broker import db
+    from broker.db import session_scope
+    from broker.offers import ingest_poll
+    from providers.replay import read_snapshot
+
+    engine = db.make_engine(url=db_url)
+    db.upgrade(engine)
+    t = time.perf_counter()
+    result = read_snapshot(folder, T0)
+    t_parse = time.perf_counter() - t
+    t = time.perf_counter()
+    with session_scope(engine) as s:
+        cold = ingest_poll(s, result, source="bench")
+    t_cold = time.perf_counter() - t
+
+    # Second poll, moments later: the same market with CHANGED prices moved.
+    offers = list(result.offers)
+    step = max(1, len(offers) // CHANGED)
+    for i in range(0, step * CHANGED, step):
+        o = offers[i]
+        offers[i] = replace(o, price_per_hour=o.price_per_hour + Decimal("0.01"))
+    second = replace(result, offers=offers, fetched_at=T0 + timedelta(minutes=5))
+    t = time.perf_counter()
+    with session_scope(engine) as s:
+        warm = ingest_poll(s, second, source="bench")
+    t_warm = time.perf_counter() - t
+    # And a re-read of the files as the real second poll does (parse + ingest).
+    third = read_snapshot(folder, T0 + timedelta(minutes=10))
+    t = time.perf_counter()
+    with session_scope(engine) as s:
+        ingest_poll(s, third, source="bench")
+    t_warm_ingest_only = time.perf_counter() - t
+    engine.dispose()
+    return {
+        "offers": cold.offers_seen,
+        "parse_s": t_parse,
+        "cold_ingest_s": t_cold,
+        "cold_events": sum(cold.events.values()),
+        "repoll_ingest_s": t_warm,
+        "repoll_events": sum(warm.events.values()),
+        "repoll_parse_plus_ingest_s": t_parse + t_warm_ingest_only,
+    }
+
+
+def run_case(case: str, folder: Path, db_url: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", case, str(folder), db_url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _pg_url() -> str | None:
+    from sqlalchemy import create_engine, text
+
+    try:
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("DROP DATABASE IF EXISTS broker_bench WITH (FORCE)"))
+            conn.execute(text("CREATE DATABASE broker_bench"))
+        url = admin.url.set(database="broker_bench").render_as_string(hide_password=False)
+        admin.dispose()
+        return url
+    except Exception as exc:
+        print(f"PostgreSQL not reachable ({type(exc).__name__}); SQLite only")
+        return None
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB RAM, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=3, metavar=("CASE", "FOLDER", "DB_URL"))
+    parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    args = parser.parse_args()
+    if args.worker:
+        case, folder, url = args.worker
+        out = measure(case, Path(folder), url)
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(out))
+        return
+
+    snap = largest_snapshot()
+    pg = _pg_url()
+    results: list[tuple[str, str, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        scaled = Path(tmp) / snap.name
+        k = build_scaled(snap, scaled, TARGET_OFFERS)
+        markets = [(f"real snapshot {snap.name}", snap), (f"scaled ×{k} (~100k offers)", scaled)]
+        for label, folder in markets:
+            floor = run_case("parse_floor", folder, "")
+            results.append((label, "csv parse floor", floor))
+            print(f"{label}: parse floor {floor['rows']} rows in {floor['seconds']:.3f}s")
+            backends = [("SQLite", f"sqlite:///{tmp}/bench-{len(results)}.db")]
+            if pg:
+                backends.append(("PostgreSQL", pg))
+            for name, url in backends:
+                if url == pg:
+                    _pg_url()  # fresh database per case
+                r = run_case("ingest", folder, url)
+                r["floor_s"] = floor["seconds"]
+                results.append((label, name, r))
+                print(
+                    f"{label} / {name}: {r['offers']} offers, cold {r['cold_ingest_s']:.3f}s "
+                    f"({r['offers'] / r['cold_ingest_s']:.0f} offers/s, "
+                    f"{r['cold_events'] / r['cold_ingest_s']:.0f} events/s), re-poll "
+                    f"{r['repoll_ingest_s']:.3f}s ({r['repoll_events']} events), parse "
+                    f"{r['parse_s']:.3f}s, peak {r['peak_rss_mb']:.0f} MB"
+                )
+    write_markdown(Path(args.out), snap, results)
+
+
+def write_markdown(path: Path, snap: Path, results: list[tuple[str, str, dict[str, Any]]]) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
+        f"Command: `python bench/run.py`. Input: `../shared/data/offers/{snap.name}` (the",
+        "largest snapshot, all its clouds) and the same scaled to ~100k offers by repeating its",
+        "non-GCP rows. Each case runs in a fresh process (peak = max RSS of that process).",
+        "",
+        "Ingest = diff + writes + commit of one poll (the `PollResult` already parsed); parse =",
+        "reading the snapshot into `Offer`s (CSV, catalogues, GCP host pairing); floor = only",
+        f"`csv.DictReader` over the same files. Re-poll = the same market {CHANGED} prices moved.",
+        "",
+        "| market | backend | offers | parse floor s | parse s | cold ingest s | offers/s "
+        "| events/s | re-poll ingest s | re-poll events | re-poll parse+ingest s "
+        "| (parse+re-poll)/floor | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, backend, r in results:
+        if backend == "csv parse floor":
+            continue
+        ratio = r["repoll_parse_plus_ingest_s"] / r["floor_s"]
+        lines.append(
+            f"| {label} | {backend} | {r['offers']} | {r['floor_s']:.3f} | {r['parse_s']:.3f} "
+            f"| {r['cold_ingest_s']:.3f} | {r['offers'] / r['cold_ingest_s']:,.0f} "
+            f"| {r['cold_events'] / r['cold_ingest_s']:,.0f} | {r['repoll_ingest_s']:.3f} "
+            f"| {r['repoll_events']} | {r['repoll_parse_plus_ingest_s']:.3f} | {ratio:.1f}× "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "Targets (issue 3): re-poll of the real snapshot with few changes under 0.2 s and of",
+        "the 100k market under 3 s, on SQLite; ingest within 3× the parse floor.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

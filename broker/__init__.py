@@ -1,0 +1,1 @@
+"""The broker core: domain records, store, ingest, catalogues, CLI."""

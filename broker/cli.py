@@ -1,0 +1,483 @@
+"""The `broker` command: wires settings, store, providers and output together.
+
+The only module of `broker/` that imports `providers/`: commands build adapters from the
+registry and hand their results to the plain functions of `broker.polling` and
+`broker.offers`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+
+from broker import db, gpus
+from broker.config import Settings, get_settings
+from broker.domain import Clock, Market, PollResult, ProviderStatus, utcnow
+from broker.offers import OUTPUT_FIELDS, OfferQuery, count_offers, list_offers
+from broker.polling import poll_source, replay_results
+from providers import base as provider_base
+from providers import replay as replay_provider
+
+app = typer.Typer(
+    help="Multi-cloud GPU capacity broker.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+err = Console(stderr=True)
+
+
+class CliState:
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self.settings, self.clock = settings, clock
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = db.make_engine(self.settings)
+        return self._engine
+
+
+def _state(ctx: typer.Context) -> CliState:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, CliState):
+        obj = CliState(get_settings(), utcnow)
+        ctx.find_root().obj = obj
+    return obj
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _ready_engine(state: CliState) -> Engine:
+    engine = state.engine
+    if db.current_revision(engine) is None:
+        raise fail(
+            f"database {engine.url.render_as_string(hide_password=True)} is not "
+            "initialised: run `broker db upgrade` first"
+        )
+    return engine
+
+
+@app.callback()
+def _main(ctx: typer.Context) -> None:
+    state = _state(ctx)
+    logging.basicConfig(
+        level=state.settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+# ------------------------------------------------------------------------------ db
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    ctx: typer.Context, revision: Annotated[str, typer.Argument(help="Target revision.")] = "head"
+) -> None:
+    """Create or migrate the schema (SQLite file by default; BROKER_DATABASE_URL else)."""
+    state = _state(ctx)
+    db.upgrade(state.engine, revision)
+    typer.echo(
+        f"{state.engine.url.render_as_string(hide_password=True)}: schema at "
+        f"{db.current_revision(state.engine)}"
+    )
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    ctx: typer.Context, revision: Annotated[str, typer.Argument(help="Target revision.")] = "base"
+) -> None:
+    """Revert the schema to REVISION (default: base, i.e. drop every table)."""
+    state = _state(ctx)
+    db.downgrade(state.engine, revision)
+    typer.echo(
+        f"{state.engine.url.render_as_string(hide_password=True)}: schema at "
+        f"{db.current_revision(state.engine) or 'base'}"
+    )
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context) -> None:
+    """Print the database URL (password hidden) and its schema revision."""
+    state = _state(ctx)
+    typer.echo(
+        f"{state.engine.url.render_as_string(hide_password=True)}: schema at "
+        f"{db.current_revision(state.engine) or 'none (run broker db upgrade)'}"
+    )
+
+
+# -------------------------------------------------------------------------- replay
+
+_FOLDER_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:T(\d{2})(\d{2}))?$")
+
+
+def snapshot_time(folder: Path) -> datetime:
+    """The time a snapshot folder is named for: `YYYY-MM-DD` (00:00 UTC) or
+    `YYYY-MM-DDTHHMM` (UTC).
+
+    Raises:
+        ValueError: the folder name is neither.
+    """
+    m = _FOLDER_TIME.match(folder.name)
+    if not m:
+        raise ValueError(
+            f"{folder}: folder name is not YYYY-MM-DD or YYYY-MM-DDTHHMM, so it "
+            "gives no snapshot time (drop --at-snapshot-times to stamp it now)"
+        )
+    day = datetime.strptime(m.group(1), "%Y-%m-%d").replace(tzinfo=UTC)
+    return day + timedelta(hours=int(m.group(2) or 0), minutes=int(m.group(3) or 0))
+
+
+def _snapshot_results(
+    folders: Sequence[Path], clock: Clock, at_snapshot_times: bool
+) -> Iterator[tuple[str, PollResult]]:
+    for folder in folders:
+        at = snapshot_time(folder) if at_snapshot_times else clock()
+        yield folder.name, replay_provider.read_snapshot(folder, fetched_at=at)
+
+
+@app.command()
+def replay(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Snapshot folders, played in the order given (a folder of dated snapshot "
+            "folders plays them all, oldest first). Default: the bundled sample market.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+    at_snapshot_times: Annotated[
+        bool,
+        typer.Option(
+            "--at-snapshot-times",
+            help="Stamp each snapshot with its folder's date instead of now (backtests).",
+        ),
+    ] = False,
+) -> None:
+    """Ingest recorded market snapshots in order, as if they were successive polls."""
+    state = _state(ctx)
+    engine = _ready_engine(state)
+    folders: list[Path] = []
+    try:
+        for p in paths or [replay_provider.bundled_sample()]:
+            folders += replay_provider.list_snapshots(p)
+        if at_snapshot_times:
+            for f in folders:
+                snapshot_time(f)
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    summary = replay_results(
+        engine, _snapshot_results(folders, state.clock, at_snapshot_times), clock=state.clock
+    )
+    out = summary.as_dict()
+    if as_json:
+        typer.echo(json.dumps(out))
+    else:
+        ev = ", ".join(f"{k} {v}" for k, v in out["events"].items())
+        typer.echo(
+            f"replayed {out['snapshots']} snapshot(s): {out['offers']} current offers; events: {ev}"
+        )
+        if summary.skipped:
+            typer.echo("skipped rows: " + ", ".join(f"{k} {v}" for k, v in out["skipped"].items()))
+        for note in summary.notes[:10]:
+            err.print(f"  {note}", highlight=False)
+    for e in summary.errors:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+    if summary.errors:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------- poll
+
+
+def _replay_enabled(settings: Settings, others_enabled: bool) -> bool:
+    return settings.replay.enabled if settings.replay.enabled is not None else not others_enabled
+
+
+@app.command()
+def poll(
+    ctx: typer.Context,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Providers to poll (default: every enabled one).", show_default=False),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Poll providers once and ingest what they return."""
+    state = _state(ctx)
+    engine = _ready_engine(state)
+    try:
+        wanted = names or provider_base.provider_names()
+        classes = {n: provider_base.get_provider_class(n) for n in wanted}
+    except provider_base.UnknownProvider as exc:
+        raise fail(str(exc)) from None
+    built: dict[str, Any] = {}
+    disabled: dict[str, str] = {}
+    for name, cls in classes.items():
+        if name == "replay":
+            continue
+        try:
+            built[name] = cls.from_settings(state.settings, state.clock)
+        except provider_base.ProviderDisabled as exc:
+            disabled[name] = str(exc)
+    if "replay" in classes:
+        if names or _replay_enabled(state.settings, bool(built)):
+            try:
+                built["replay"] = classes["replay"].from_settings(state.settings, state.clock)
+            except FileNotFoundError as exc:
+                raise fail(str(exc)) from None
+        else:
+            disabled["replay"] = (
+                "disabled because a cloud adapter is configured "
+                "(set BROKER_REPLAY__ENABLED=true to poll it too)"
+            )
+
+    report: dict[str, dict[str, Any]] = {}
+    events: Counter[str] = Counter()
+    for name, reason in disabled.items():
+        report[name] = {
+            "status": str(ProviderStatus.DISABLED),
+            "offers": 0,
+            "scope_errors": [],
+            "reason": reason,
+        }
+        if not as_json:
+            err.print(f"{name}: disabled — {reason}", highlight=False)
+    for name, source in built.items():
+        with err.status(f"polling {name}…", spinner="dots") if err.is_terminal else _nullcontext():
+            outcome = poll_source(engine, source, clock=state.clock)
+        events.update(outcome.events)
+        report[name] = {
+            "status": str(outcome.status),
+            "offers": outcome.offers_seen,
+            "scope_errors": outcome.scope_errors,
+        }
+        if not as_json:
+            ev = ", ".join(f"{k} {v}" for k, v in sorted(outcome.events.items())) or "no change"
+            typer.echo(f"{name}: {outcome.status}, {outcome.offers_seen} offers; {ev}")
+            for e in outcome.scope_errors:
+                err.print(f"  {e['scope']}: {e['code']}: {e['message']}", highlight=False)
+    if as_json:
+        typer.echo(json.dumps({"providers": report, "events": dict(sorted(events.items()))}))
+    if any(r["status"] == ProviderStatus.DEGRADED for r in report.values()):
+        raise typer.Exit(1)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+# -------------------------------------------------------------------------- offers
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    CSV = "csv"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value
+
+
+def _fmt_num(value: Decimal | None, places: int = 2) -> str:
+    if value is None:
+        return "—"
+    if value == value.to_integral_value():
+        return str(int(value))
+    return f"{value:.{places}f}".rstrip("0").rstrip(".") if places > 2 else f"{value:.{places}f}"
+
+
+def _age(then: datetime, now: datetime) -> str:
+    s = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit} ago"
+    return f"{s}s ago"
+
+
+def _render_table(rows: list[dict[str, Any]], total: int, now: datetime) -> None:
+    console = Console() if sys.stdout.isatty() else Console(width=220)
+    table = Table(show_lines=False, header_style="bold")
+    for title, justify in (
+        ("provider", "left"),
+        ("instance", "left"),
+        ("gpu", "left"),
+        ("×", "right"),
+        ("mem GB", "right"),
+        ("region / zone", "left"),
+        ("juris.", "left"),
+        ("market", "left"),
+        ("$/h", "right"),
+        ("$/GPU-h", "right"),
+        ("avail.", "left"),
+        ("seen", "left"),
+    ):
+        table.add_column(title, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        where = r["region"] + (f" / {r['zone']}" if r["zone"] else "")
+        seen = _age(r["last_seen"], now) + (" [yellow](stale)[/]" if r["stale"] else "")
+        table.add_row(
+            r["provider"],
+            r["instance_type"],
+            r["gpu_model"],
+            _fmt_num(r["gpu_count"], 3),
+            _fmt_num(r["gpu_memory_gb"], 0),
+            where,
+            r["jurisdiction"] or "?",
+            r["market"],
+            _fmt_num(r["price_per_hour"]),
+            _fmt_num(r["price_per_gpu_hour"]),
+            r["availability"],
+            seen,
+        )
+    console.print(table)
+    if total > len(rows):
+        console.print(
+            f"showing {len(rows)} of {total} offers, cheapest per GPU-hour first "
+            "(--limit 0 shows all)"
+        )
+
+
+@app.command()
+def offers(
+    ctx: typer.Context,
+    gpu: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="GPU model or family (H100, H100-SXM, A100-80GB, TPU-v5p...); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    min_gpus: Annotated[
+        float | None, typer.Option(help="Minimum accelerators per instance.", min=0)
+    ] = None,
+    provider: Annotated[
+        list[str] | None, typer.Option(help="Provider id; repeatable.", show_default=False)
+    ] = None,
+    region: Annotated[
+        list[str] | None, typer.Option(help="Provider region; repeatable.", show_default=False)
+    ] = None,
+    country: Annotated[
+        list[str] | None, typer.Option(help="ISO country code; repeatable.", show_default=False)
+    ] = None,
+    jurisdiction: Annotated[
+        list[str] | None,
+        typer.Option(help="EU (EU/EEA) or an ISO country code; repeatable.", show_default=False),
+    ] = None,
+    market: Annotated[
+        list[Market] | None, typer.Option(help="Market; repeatable.", show_default=False)
+    ] = None,
+    max_price_per_gpu_hour: Annotated[
+        float | None, typer.Option(help="Maximum USD per GPU-hour.", min=0)
+    ] = None,
+    include_stale: Annotated[
+        bool, typer.Option(help="Also show offers whose data is older than the stale TTL.")
+    ] = False,
+    output_format: Annotated[
+        OutputFormat | None,
+        typer.Option(
+            "--format",
+            help="table (default on a terminal), json (default otherwise) or csv.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help="At most N offers (default: 50 in a table, all otherwise; 0 = all).", min=0
+        ),
+    ] = None,
+) -> None:
+    """List current offers, cheapest per GPU-hour first."""
+    state = _state(ctx)
+    engine = _ready_engine(state)
+    models: frozenset[str] | None = None
+    if gpu:
+        try:
+            models = frozenset().union(*(gpus.resolve_query(g) for g in gpu))
+        except gpus.UnknownGpu as exc:
+            raise fail(str(exc)) from None
+    fmt = output_format or (OutputFormat.TABLE if sys.stdout.isatty() else OutputFormat.JSON)
+    if limit is None:
+        limit = 50 if fmt == OutputFormat.TABLE else 0
+    query = OfferQuery(
+        gpu_models=models,
+        min_gpus=Decimal(str(min_gpus)) if min_gpus is not None else None,
+        providers=tuple(provider or ()),
+        regions=tuple(region or ()),
+        countries=tuple(country or ()),
+        jurisdictions=tuple(jurisdiction or ()),
+        markets=tuple(market or ()),
+        max_price_per_gpu_hour=(
+            Decimal(str(max_price_per_gpu_hour)) if max_price_per_gpu_hour is not None else None
+        ),
+        include_stale=include_stale,
+    )
+    now = state.clock()
+    stale_after = timedelta(minutes=state.settings.stale_after_minutes)
+    from sqlmodel import Session
+
+    with Session(engine) as session:
+        rows = list_offers(session, query, now=now, stale_after=stale_after)
+        hidden_stale = (
+            0
+            if include_stale
+            else count_offers(session, now=now, stale_after=stale_after, stale=True)
+        )
+    total = len(rows)
+    shown = rows[:limit] if limit else rows
+    if fmt == OutputFormat.JSON:
+        typer.echo(json.dumps([{f: _jsonable(r[f]) for f in OUTPUT_FIELDS} for r in shown]))
+    elif fmt == OutputFormat.CSV:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(OUTPUT_FIELDS)
+        for r in shown:
+            writer.writerow(["" if r[f] is None else _jsonable(r[f]) for f in OUTPUT_FIELDS])
+    else:
+        _render_table(shown, total, now)
+        if not rows and hidden_stale:
+            err.print(
+                f"no fresh offer matches; {hidden_stale} stale offer(s) in the store are "
+                "hidden (--include-stale shows them)",
+                highlight=False,
+            )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""SQLModel tables of the market store: offers, observations, market events, poll runs,
+provider states. Every change here comes with an Alembic migration in `migrations/`
+(a test compares the two).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, Numeric, String
+from sqlmodel import Field, SQLModel
+
+from broker.db import UTCDateTime
+
+ID = BigInteger().with_variant(Integer(), "sqlite")
+MONEY = Numeric(18, 6)
+COUNT = Numeric(10, 3)
+SIZE = Numeric(12, 2)
+
+
+class StoredOffer(SQLModel, table=True):
+    """The current state of every offer ever seen; withdrawn ones stay with `active=False`."""
+
+    __tablename__ = "offers"
+    __table_args__ = (
+        Index("ix_offers_provider_active", "provider", "active"),
+        Index("ix_offers_active_price", "active", "price_per_gpu_hour"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    key: str = Field(sa_column=Column(String(512), nullable=False, unique=True))
+    provider: str = Field(sa_column=Column(String(64), nullable=False))
+    region: str = Field(sa_column=Column(String(128), nullable=False))
+    zone: str | None = Field(default=None, sa_column=Column(String(128)))
+    instance_type: str = Field(sa_column=Column(String(128), nullable=False))
+    market: str = Field(sa_column=Column(String(32), nullable=False))
+    offering_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    gpu_model: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    gpu_family: str | None = Field(default=None, sa_column=Column(String(64)))
+    accelerator_kind: str = Field(sa_column=Column(String(16), nullable=False))
+    gpu_vendor: str | None = Field(default=None, sa_column=Column(String(32)))
+    form_factor: str | None = Field(default=None, sa_column=Column(String(16)))
+    gpu_count: Decimal = Field(sa_column=Column(COUNT, nullable=False))
+    gpu_memory_gb: Decimal | None = Field(default=None, sa_column=Column(SIZE))
+    vcpus: Decimal | None = Field(default=None, sa_column=Column(SIZE))
+    memory_gb: Decimal | None = Field(default=None, sa_column=Column(SIZE))
+    interconnect: str | None = Field(default=None, sa_column=Column(String(64)))
+    country: str | None = Field(default=None, sa_column=Column(String(2)))
+    jurisdiction: str | None = Field(default=None, sa_column=Column(String(8)))
+    continent: str | None = Field(default=None, sa_column=Column(String(32)))
+    currency: str = Field(sa_column=Column(String(3), nullable=False))
+    price_per_hour: Decimal = Field(sa_column=Column(MONEY, nullable=False))
+    price_per_gpu_hour: Decimal = Field(sa_column=Column(MONEY, nullable=False))
+    upfront_fee: Decimal | None = Field(default=None, sa_column=Column(MONEY))
+    availability: str = Field(sa_column=Column(String(16), nullable=False))
+    available_count: int | None = Field(default=None, sa_column=Column(Integer))
+    earliest_start: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    min_duration_hours: int | None = Field(default=None, sa_column=Column(Integer))
+    max_duration_hours: int | None = Field(default=None, sa_column=Column(Integer))
+    first_seen: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    last_seen: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    active: bool = Field(nullable=False)
+    withdrawn_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    #: Hash of the descriptive fields (not price, availability or raw): a change updates the
+    #: row without an event.
+    fingerprint: str = Field(sa_column=Column(String(32), nullable=False))
+    raw: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Observation(SQLModel, table=True):
+    """Price/availability history as change points: one row when an offer appears,
+    reappears, or its price or availability changes (a re-poll with no change adds none;
+    `offers.last_seen` says how long the last point held)."""
+
+    __tablename__ = "observations"
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    offer_id: int = Field(sa_column=Column(ID, ForeignKey("offers.id"), nullable=False, index=True))
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    price_per_hour: Decimal = Field(sa_column=Column(MONEY, nullable=False))
+    availability: str = Field(sa_column=Column(String(16), nullable=False))
+    available_count: int | None = Field(default=None, sa_column=Column(Integer))
+
+
+class MarketEvent(SQLModel, table=True):
+    """Append-only, monotonically numbered: the market's change feed (`after=<id>`)."""
+
+    __tablename__ = "market_events"
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    type: str = Field(sa_column=Column(String(32), nullable=False, index=True))
+    provider: str = Field(sa_column=Column(String(64), nullable=False))
+    offer_key: str | None = Field(default=None, sa_column=Column(String(512), index=True))
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    poll_run_id: int | None = Field(
+        default=None, sa_column=Column(ID, ForeignKey("poll_runs.id"), index=True)
+    )
+    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class PollRun(SQLModel, table=True):
+    """One poll of one source (an adapter, or the replay of one snapshot), as ingested."""
+
+    __tablename__ = "poll_runs"
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    source: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    label: str | None = Field(default=None, sa_column=Column(String(256)))
+    fetched_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    ingested_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    offers_seen: int = Field(nullable=False)
+    scopes_ok: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    scope_errors: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    events: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    skipped: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class ProviderState(SQLModel, table=True):
+    """Each provider's health as its last polls left it."""
+
+    __tablename__ = "provider_states"
+
+    provider: str = Field(sa_column=Column(String(64), primary_key=True))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    last_poll_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    last_success_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    consecutive_failures: int = Field(default=0, nullable=False)
+    last_errors: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )

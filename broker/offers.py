@@ -1,0 +1,542 @@
+"""The market store: ingest a `PollResult` into offers, observations and market events.
+
+Owns the diff. One poll is ingested in one transaction (the caller's session): offers are
+compared with the current ones **only inside the scopes the poll covered**, upserted,
+withdrawn where covered and missing; every change appends an observation (price and
+availability history as change points) and a market event (append-only, numbered in commit
+order). A re-poll with no change writes no event and no observation, only `last_seen`.
+Staleness is derived, never stored: an offer is stale when its `last_seen` is older than the
+TTL, which is exactly "its scope has not been seen by a successful poll for that long".
+Knows nothing of HTTP, Celery or any provider SDK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, bindparam, false, func, insert, or_, select, text, update
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import Session
+
+from broker.domain import (
+    OFFER_EVENT_TYPES,
+    Clock,
+    EventType,
+    Market,
+    Offer,
+    PollResult,
+    ProviderStatus,
+    Scope,
+    utcnow,
+)
+from broker.models import MarketEvent, Observation, PollRun, ProviderState, StoredOffer
+
+OFFERS = StoredOffer.__table__  # type: ignore[attr-defined]
+OBSERVATIONS = Observation.__table__  # type: ignore[attr-defined]
+EVENTS = MarketEvent.__table__  # type: ignore[attr-defined]
+POLL_RUNS = PollRun.__table__  # type: ignore[attr-defined]
+PROVIDER_STATES = ProviderState.__table__  # type: ignore[attr-defined]
+
+#: PostgreSQL advisory lock held by every ingest: events get their ids and commit in the same
+#: order, so a reader following `id > after` never skips an event committed late.
+INGEST_LOCK_KEY = 0x6270_6B72  # "bpkr"
+
+#: The fields that describe an offer (not its price, availability, or raw audit fields).
+DESCRIPTIVE_FIELDS = (
+    "provider",
+    "region",
+    "zone",
+    "instance_type",
+    "market",
+    "offering_id",
+    "gpu_model",
+    "gpu_family",
+    "accelerator_kind",
+    "gpu_vendor",
+    "form_factor",
+    "gpu_count",
+    "gpu_memory_gb",
+    "vcpus",
+    "memory_gb",
+    "interconnect",
+    "country",
+    "jurisdiction",
+    "continent",
+    "currency",
+    "upfront_fee",
+    "earliest_start",
+    "min_duration_hours",
+    "max_duration_hours",
+)
+
+
+def fingerprint(offer: Offer) -> str:
+    """Hash of the descriptive fields: a change of one of them updates the row silently."""
+    text_ = "|".join(str(getattr(offer, f)) for f in DESCRIPTIVE_FIELDS)
+    return hashlib.blake2b(text_.encode(), digest_size=16).hexdigest()
+
+
+def _offer_values(offer: Offer, fp: str) -> dict[str, Any]:
+    values = {f: getattr(offer, f) for f in DESCRIPTIVE_FIELDS}
+    values["market"] = str(offer.market)
+    values.update(
+        key=offer.key,
+        price_per_hour=offer.price_per_hour,
+        price_per_gpu_hour=offer.price_per_gpu_hour,
+        availability=str(offer.availability),
+        available_count=offer.available_count,
+        fingerprint=fp,
+        raw=dict(offer.raw),
+    )
+    return values
+
+
+def _state(price: Decimal, availability: str, count: int | None) -> dict[str, Any]:
+    return {"price_per_hour": str(price), "availability": availability, "available_count": count}
+
+
+def _appeared_payload(offer: Offer) -> dict[str, Any]:
+    return {
+        "gpu_model": offer.gpu_model,
+        "gpu_count": str(offer.gpu_count),
+        "region": offer.region,
+        "zone": offer.zone,
+        "jurisdiction": offer.jurisdiction,
+        "market": str(offer.market),
+        "price_per_gpu_hour": str(offer.price_per_gpu_hour),
+        **_state(offer.price_per_hour, str(offer.availability), offer.available_count),
+    }
+
+
+@dataclass
+class IngestResult:
+    """What one ingest did. `events` counts by type; ids bound the events it appended."""
+
+    poll_run_id: int
+    status: ProviderStatus
+    offers_seen: int
+    events: Counter[str] = field(default_factory=Counter)
+    first_event_id: int | None = None
+    last_event_id: int | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+    scope_errors: list[dict[str, Any]] = field(default_factory=list)
+    provider_status: dict[str, ProviderStatus] = field(default_factory=dict)
+
+
+def _scope_clause(scopes: Sequence[Scope]) -> ColumnElement[bool]:
+    """SQL for "the offer lies inside one of these scopes"."""
+    terms = []
+    for s in scopes:
+        conds = [OFFERS.c.provider == s.provider]
+        if s.region is not None:
+            conds.append(OFFERS.c.region == s.region)
+        if s.market is not None:
+            conds.append(OFFERS.c.market == str(s.market))
+        terms.append(and_(*conds))
+    return or_(*terms) if terms else false()
+
+
+def _covered(scopes: Mapping[str, list[Scope]], provider: str, region: str, market: str) -> bool:
+    return any(s.covers(provider, region, market) for s in scopes.get(provider, ()))
+
+
+def ingest_poll(
+    session: Session,
+    result: PollResult,
+    *,
+    source: str,
+    label: str | None = None,
+    clock: Clock = utcnow,
+) -> IngestResult:
+    """Apply one poll to the store inside the caller's transaction (commit is theirs).
+
+    Offers carry their own provider; `source` names who polled (an adapter, `replay`).
+    The poll's `fetched_at` stamps `first_seen`, `last_seen`, observations and events.
+    Offers of a scope in `scope_errors` (or of no scope in the poll) are left untouched.
+    """
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_KEY})
+    at = result.fetched_at
+    providers = result.providers
+    scopes_ok: dict[str, list[Scope]] = {}
+    for s in result.scopes_ok:
+        scopes_ok.setdefault(s.provider, []).append(s)
+
+    run_id = conn.execute(
+        insert(POLL_RUNS).returning(POLL_RUNS.c.id),
+        {
+            "source": source,
+            "label": label,
+            "fetched_at": at,
+            "ingested_at": clock(),
+            "status": "running",
+            "offers_seen": 0,
+            "scopes_ok": [str(s) for s in result.scopes_ok],
+            "scope_errors": [e.as_dict() for e in result.scope_errors],
+            "events": {},
+            "skipped": dict(result.skipped),
+        },
+    ).scalar_one()
+
+    current: dict[str, Any] = {}
+    if providers:
+        rows = conn.execute(
+            select(
+                OFFERS.c.id,
+                OFFERS.c.key,
+                OFFERS.c.provider,
+                OFFERS.c.region,
+                OFFERS.c.market,
+                OFFERS.c.active,
+                OFFERS.c.price_per_hour,
+                OFFERS.c.availability,
+                OFFERS.c.available_count,
+                OFFERS.c.fingerprint,
+            ).where(OFFERS.c.provider.in_(providers))
+        )
+        current = {r.key: r for r in rows}
+
+    new: dict[str, Offer] = {}
+    for offer in result.offers:
+        new.setdefault(offer.key, offer)  # adapters dedupe; a late repeat never overrides
+
+    inserts: list[dict[str, Any]] = []
+    inserted_offers: list[Offer] = []
+    updates: list[dict[str, Any]] = []  # full rewrites (changed, reappeared)
+    touch_ids: list[int] = []  # unchanged offers outside the covered scopes
+    events: list[dict[str, Any]] = []
+    observations: list[dict[str, Any]] = []
+
+    def event(
+        type_: EventType, offer_key: str | None, provider: str, before: Any, after: Any
+    ) -> None:
+        events.append(
+            {
+                "type": str(type_),
+                "provider": provider,
+                "offer_key": offer_key,
+                "at": at,
+                "poll_run_id": run_id,
+                "before": before,
+                "after": after,
+            }
+        )
+
+    for key, offer in new.items():
+        fp = fingerprint(offer)
+        old = current.get(key)
+        if old is None:
+            values = _offer_values(offer, fp)
+            values.update(first_seen=at, last_seen=at, active=True, withdrawn_at=None)
+            inserts.append(values)
+            inserted_offers.append(offer)
+            event(EventType.OFFER_APPEARED, key, offer.provider, None, _appeared_payload(offer))
+            continue
+        availability = str(offer.availability)
+        price_moved = old.price_per_hour != offer.price_per_hour
+        avail_moved = (old.availability, old.available_count) != (
+            availability,
+            offer.available_count,
+        )
+        if not old.active:
+            event(EventType.OFFER_APPEARED, key, offer.provider, None, _appeared_payload(offer))
+        else:
+            before = _state(old.price_per_hour, old.availability, old.available_count)
+            after = _state(offer.price_per_hour, availability, offer.available_count)
+            if price_moved:
+                before["price_per_gpu_hour"] = str(
+                    (old.price_per_hour / offer.gpu_count).quantize(Decimal("0.000001"))
+                )
+                after["price_per_gpu_hour"] = str(offer.price_per_gpu_hour)
+                event(EventType.PRICE_CHANGED, key, offer.provider, before, after)
+            if avail_moved:
+                event(EventType.AVAILABILITY_CHANGED, key, offer.provider, before, after)
+        if not old.active or price_moved or avail_moved or old.fingerprint != fp:
+            values = _offer_values(offer, fp)
+            values.update(_id=old.id, last_seen=at, active=True, withdrawn_at=None)
+            updates.append(values)
+            if not old.active or price_moved or avail_moved:
+                observations.append(
+                    {
+                        "offer_id": old.id,
+                        "at": at,
+                        "price_per_hour": offer.price_per_hour,
+                        "availability": availability,
+                        "available_count": offer.available_count,
+                    }
+                )
+        elif not _covered(scopes_ok, offer.provider, offer.region, old.market):
+            touch_ids.append(old.id)
+
+    withdrawals: list[dict[str, Any]] = []
+    for key, old in current.items():
+        if (
+            old.active
+            and key not in new
+            and _covered(scopes_ok, old.provider, old.region, old.market)
+        ):
+            withdrawals.append({"_id": old.id})
+            event(
+                EventType.OFFER_WITHDRAWN,
+                key,
+                old.provider,
+                _state(old.price_per_hour, old.availability, old.available_count),
+                None,
+            )
+
+    if inserts:
+        ids = (
+            conn.execute(
+                insert(OFFERS).returning(OFFERS.c.id, sort_by_parameter_order=True), inserts
+            )
+            .scalars()
+            .all()
+        )
+        observations += [
+            {
+                "offer_id": oid,
+                "at": at,
+                "price_per_hour": o.price_per_hour,
+                "availability": str(o.availability),
+                "available_count": o.available_count,
+            }
+            for oid, o in zip(ids, inserted_offers, strict=True)
+        ]
+    if updates:
+        cols: dict[str, Any] = {c: bindparam(c) for c in updates[0] if c != "_id"}
+        conn.execute(update(OFFERS).where(OFFERS.c.id == bindparam("_id")).values(cols), updates)
+    if withdrawals:
+        conn.execute(
+            update(OFFERS)
+            .where(OFFERS.c.id == bindparam("_id"))
+            .values(active=False, withdrawn_at=at),
+            withdrawals,
+        )
+    # Every active offer left inside a covered scope was seen by this poll.
+    if result.scopes_ok:
+        conn.execute(
+            update(OFFERS)
+            .where(OFFERS.c.active, _scope_clause(result.scopes_ok), OFFERS.c.last_seen < at)
+            .values(last_seen=at)
+        )
+    if touch_ids:
+        conn.execute(
+            update(OFFERS).where(OFFERS.c.id == bindparam("_id")).values(last_seen=at),
+            [{"_id": i} for i in touch_ids],
+        )
+    if observations:
+        conn.execute(insert(OBSERVATIONS), observations)
+
+    provider_status = _update_provider_states(session, result, providers, at, event)
+    counts: Counter[str] = Counter(e["type"] for e in events)
+    first_id = last_id = None
+    if events:
+        ids = (
+            conn.execute(
+                insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True), events
+            )
+            .scalars()
+            .all()
+        )
+        first_id, last_id = min(ids), max(ids)
+    status = _worst(provider_status.values())
+    conn.execute(
+        update(POLL_RUNS)
+        .where(POLL_RUNS.c.id == run_id)
+        .values(status=str(status), offers_seen=len(new), events=dict(counts))
+    )
+    return IngestResult(
+        poll_run_id=run_id,
+        status=status,
+        offers_seen=len(new),
+        events=counts,
+        first_event_id=first_id,
+        last_event_id=last_id,
+        skipped=dict(result.skipped),
+        scope_errors=[e.as_dict() for e in result.scope_errors],
+        provider_status=provider_status,
+    )
+
+
+def _worst(statuses: Iterable[ProviderStatus]) -> ProviderStatus:
+    return ProviderStatus.DEGRADED if ProviderStatus.DEGRADED in statuses else ProviderStatus.OK
+
+
+def _update_provider_states(
+    session: Session,
+    result: PollResult,
+    providers: list[str],
+    at: datetime,
+    event: Callable[[EventType, str | None, str, Any, Any], None],
+) -> dict[str, ProviderStatus]:
+    """Record each provider's health; emit provider_degraded / provider_recovered on edges."""
+    conn = session.connection()
+    previous = {
+        r.provider: r
+        for r in conn.execute(
+            select(PROVIDER_STATES).where(PROVIDER_STATES.c.provider.in_(providers))
+        )
+    }
+    out: dict[str, ProviderStatus] = {}
+    for p in providers:
+        errors = [e.as_dict() for e in result.scope_errors if e.scope.provider == p]
+        ok = any(s.provider == p for s in result.scopes_ok)
+        status = ProviderStatus.DEGRADED if errors else ProviderStatus.OK
+        out[p] = status
+        prev = previous.get(p)
+        prev_status = ProviderStatus(prev.status) if prev else None
+        if status != ProviderStatus.OK and prev_status in (None, ProviderStatus.OK):
+            event(
+                EventType.PROVIDER_DEGRADED,
+                None,
+                p,
+                None,
+                {"status": str(status), "errors": errors},
+            )
+        elif status == ProviderStatus.OK and prev_status == ProviderStatus.DEGRADED:
+            event(
+                EventType.PROVIDER_RECOVERED,
+                None,
+                p,
+                {"status": str(prev_status)},
+                {"status": str(status)},
+            )
+        values = {
+            "status": str(status),
+            "last_poll_at": at,
+            "last_success_at": at if ok else (prev.last_success_at if prev else None),
+            "consecutive_failures": 0
+            if status == ProviderStatus.OK
+            else (prev.consecutive_failures if prev else 0) + 1,
+            "last_errors": errors,
+        }
+        if prev is None:
+            conn.execute(insert(PROVIDER_STATES).values(provider=p, **values))
+        else:
+            conn.execute(
+                update(PROVIDER_STATES).where(PROVIDER_STATES.c.provider == p).values(**values)
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------- queries
+
+
+@dataclass(frozen=True)
+class OfferQuery:
+    """Filters of `broker offers` / `GET /v1/offers`. `gpu_models` is already resolved
+    (`broker.gpus.resolve_query`); None means no filter."""
+
+    gpu_models: frozenset[str] | None = None
+    min_gpus: Decimal | None = None
+    providers: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    countries: tuple[str, ...] = ()
+    jurisdictions: tuple[str, ...] = ()
+    markets: tuple[Market, ...] = ()
+    max_price_per_gpu_hour: Decimal | None = None
+    include_stale: bool = False
+
+
+OUTPUT_FIELDS = (
+    "key",
+    "provider",
+    "instance_type",
+    "gpu_model",
+    "gpu_family",
+    "accelerator_kind",
+    "gpu_count",
+    "gpu_memory_gb",
+    "vcpus",
+    "memory_gb",
+    "region",
+    "zone",
+    "country",
+    "jurisdiction",
+    "continent",
+    "market",
+    "currency",
+    "price_per_hour",
+    "price_per_gpu_hour",
+    "upfront_fee",
+    "availability",
+    "available_count",
+    "earliest_start",
+    "first_seen",
+    "last_seen",
+    "stale",
+)
+
+
+def list_offers(
+    session: Session,
+    query: OfferQuery,
+    *,
+    now: datetime,
+    stale_after: timedelta,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Current (not withdrawn) offers matching `query`, cheapest per GPU-hour first.
+
+    Each is a dict of `OUTPUT_FIELDS` with Python values (Decimal, datetime); `stale` is
+    `last_seen < now - stale_after`.
+    """
+    c = OFFERS.c
+    cutoff = now - stale_after
+    conds: list[ColumnElement[bool]] = [c.active]
+    if query.gpu_models is not None:
+        conds.append(c.gpu_model.in_(sorted(query.gpu_models)))
+    if query.min_gpus is not None:
+        conds.append(c.gpu_count >= query.min_gpus)
+    for column, values in (
+        (c.provider, query.providers),
+        (c.region, query.regions),
+        (c.country, tuple(v.upper() for v in query.countries)),
+        (c.jurisdiction, tuple(v.upper() for v in query.jurisdictions)),
+        (c.market, tuple(str(m) for m in query.markets)),
+    ):
+        if values:
+            conds.append(column.in_(values))
+    if query.max_price_per_gpu_hour is not None:
+        conds.append(c.price_per_gpu_hour <= query.max_price_per_gpu_hour)
+    if not query.include_stale:
+        conds.append(c.last_seen >= cutoff)
+    cols = [getattr(c, f) for f in OUTPUT_FIELDS if f != "stale"]
+    stmt = select(*cols).where(*conds).order_by(c.price_per_gpu_hour, c.key)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    out = []
+    for row in session.connection().execute(stmt).mappings():
+        d = dict(row)
+        d["stale"] = d["last_seen"] < cutoff
+        out.append(d)
+    return out
+
+
+def count_offers(
+    session: Session,
+    *,
+    now: datetime | None = None,
+    stale_after: timedelta | None = None,
+    stale: bool | None = None,
+) -> int:
+    """Current offers; with `stale` True/False only the stale / fresh ones."""
+    stmt = select(func.count()).select_from(OFFERS).where(OFFERS.c.active)
+    if stale is not None:
+        if now is None or stale_after is None:
+            raise ValueError("counting by staleness needs now and stale_after")
+        cutoff = now - stale_after
+        stmt = stmt.where(OFFERS.c.last_seen < cutoff if stale else OFFERS.c.last_seen >= cutoff)
+    return int(session.connection().execute(stmt).scalar_one())
+
+
+def empty_event_counts() -> dict[str, int]:
+    """The four offer event types at zero, in summary order."""
+    return {str(t): 0 for t in OFFER_EVENT_TYPES}

@@ -1,0 +1,153 @@
+"""The `broker` command as a user runs it: a real process, a real database file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_replay_store import expected_events
+
+OFFER_FIELDS = {
+    "key",
+    "provider",
+    "instance_type",
+    "gpu_model",
+    "gpu_count",
+    "gpu_memory_gb",
+    "region",
+    "zone",
+    "country",
+    "jurisdiction",
+    "market",
+    "price_per_hour",
+    "price_per_gpu_hour",
+    "availability",
+    "last_seen",
+    "stale",
+}
+
+
+def run(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "broker.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    e["BROKER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'cli.db'}"
+    e["COLUMNS"] = "200"
+    return e
+
+
+def test_console_script_is_installed() -> None:
+    assert shutil.which("broker"), "pip install -e . installs the `broker` command"
+
+
+def test_replay_then_offers_from_a_fresh_database(
+    env: dict[str, str], snapshot_dirs: list[Path]
+) -> None:
+    d1, d2 = snapshot_dirs[-2], snapshot_dirs[-1]  # 2026-05-08T2152, 2026-05-20
+    refused = run(env, "offers", ok=False)
+    assert refused.returncode == 2 and "broker db upgrade" in refused.stderr
+    run(env, "db", "upgrade")
+    summary = json.loads(run(env, "replay", str(d1), str(d2), "--json").stdout)
+    want, current = expected_events([d1, d2])
+    by_type = Counter(t for t, _ in want.elements())
+    assert summary["snapshots"] == 2 and summary["offers"] == current
+    assert summary["events"] == {
+        "offer_appeared": by_type["offer_appeared"],
+        "offer_withdrawn": by_type["offer_withdrawn"],
+        "price_changed": by_type["price_changed"],
+        "availability_changed": 0,
+    }
+
+    args = [
+        "offers",
+        "--gpu",
+        "H100",
+        "--jurisdiction",
+        "EU",
+        "--market",
+        "spot",
+        "--max-price-per-gpu-hour",
+        "4",
+    ]
+    rows: list[dict[str, Any]] = json.loads(run(env, *args, "--format", "json").stdout)
+    assert rows
+    for r in rows:
+        assert r.keys() >= OFFER_FIELDS
+        assert r["gpu_model"].startswith("H100") and r["jurisdiction"] == "EU"
+        assert r["market"] == "spot" and r["price_per_gpu_hour"] <= 4 and r["stale"] is False
+    prices = [Decimal(str(r["price_per_gpu_hour"])) for r in rows]
+    assert prices == sorted(prices)
+
+    table = list(csv.DictReader(io.StringIO(run(env, *args, "--format", "csv").stdout)))
+    assert [r["key"] for r in table] == [r["key"] for r in rows]
+    rendered = run(env, *args, "--format", "table").stdout
+    assert "$/GPU-h" in rendered and rows[0]["instance_type"] in rendered
+
+
+def test_bad_gpu_name_gets_a_hint(env: dict[str, str]) -> None:
+    run(env, "db", "upgrade")
+    proc = run(env, "offers", "--gpu", "H10", ok=False)
+    assert proc.returncode == 2 and "H100" in proc.stderr
+
+
+def test_backtest_stamps_snapshot_times_so_old_data_is_stale(
+    env: dict[str, str], snapshot_dirs: list[Path]
+) -> None:
+    run(env, "db", "upgrade")
+    run(env, "replay", str(snapshot_dirs[0]), "--at-snapshot-times")
+    assert json.loads(run(env, "offers", "--format", "json").stdout) == []
+    hint = run(env, "offers", "--format", "table").stderr
+    assert "stale" in hint and "--include-stale" in hint
+    rows = json.loads(
+        run(env, "offers", "--include-stale", "--format", "json", "--limit", "5").stdout
+    )
+    assert len(rows) == 5 and all(r["stale"] for r in rows)
+    assert all(r["last_seen"].startswith("2022-12-31T00:00:00") for r in rows)
+
+
+def test_replay_of_a_broken_file_reports_it_and_exits_nonzero(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    run(env, "db", "upgrade")
+    snap = tmp_path / "2026-01-01"
+    snap.mkdir()
+    (snap / "aws.csv").write_text("")
+    proc = run(env, "replay", str(snap), "--json", ok=False)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["errors"] and "aws.csv: empty file" in proc.stderr
+
+
+def test_poll_runs_the_replay_provider_over_the_bundled_sample(env: dict[str, str]) -> None:
+    env["BROKER_REPLAY__STEP_S"] = str(10**9)  # both polls fall in the same replay step
+    run(env, "db", "upgrade")
+    first = json.loads(run(env, "poll", "--json").stdout)
+    assert first["providers"]["replay"]["status"] == "ok"
+    assert first["providers"]["replay"]["offers"] > 1000
+    assert first["events"]["offer_appeared"] == first["providers"]["replay"]["offers"]
+    again = json.loads(run(env, "poll", "replay", "--json").stdout)
+    assert again["events"] == {}  # same time step, same snapshot: nothing changed
+    unknown = run(env, "poll", "lamda", ok=False)
+    assert unknown.returncode == 2 and "Unknown provider 'lamda'" in unknown.stderr
