@@ -1,14 +1,20 @@
-"""The canonical accelerator catalogue and the normalisation of provider names onto it.
+"""The accelerator catalogue and the normalisation of provider names onto it.
 
-Owns the one list of accelerators the broker knows (GPUs, TPUs and other accelerators such
-as Inferentia or Gaudi, each typed) and the rules that map what a provider calls a card onto
-it. Normalisation goes through tables: a cleaned-name alias table, then a few per-provider
-refinements by instance type or reported memory, each citing its evidence. A name no rule
-covers gives `None` (the caller skips and counts the row); nothing is matched fuzzily.
+Owns the one list of accelerators the broker knows (`CATALOGUE`: GPUs, Google TPU
+generations and other accelerators such as Inferentia, Trainium, Gaudi, Qualcomm AI 100 and
+the f1 FPGA, each typed by `AcceleratorKind`) and the rules that turn what a provider calls a
+card into a catalogue entry. It leaves reading provider payloads to the adapters in
+`providers/`, prices and counts to `broker.offers`, and regions to `broker.regions`.
 
-Form factor is tracked where it changes what a user gets (H100: SXM, PCIe, NVL). When a
+Normalisation is table-driven, never fuzzy: a name is cleaned (lower case, separators and
+leading vendor words dropped) and looked up in `_ALIASES`; a few documented per-provider
+rules then refine a name the provider leaves ambiguous, by instance type (H100 form factor,
+Inferentia generation) or by the memory the provider reports (Vast's `A100` for 40 and
+80 GB cards). A name no rule covers gives `None`; the caller skips and counts the row.
+
+Form factor is tracked where it changes what a user gets (H100: SXM, PCIe, NVL). When the
 provider does not say which (Vast reduces `H100_SXM` and `H100_NVL` to `H100`), the offer
-gets the family-level entry `H100` with `form_factor=None` rather than a guess.
+gets the entry `H100` with `form_factor=None` rather than a guess.
 """
 
 from __future__ import annotations
@@ -24,12 +30,17 @@ from types import MappingProxyType
 class AcceleratorKind(StrEnum):
     GPU = "gpu"
     TPU = "tpu"
-    OTHER = "other"  # Inferentia, Trainium, Gaudi, Qualcomm AI 100, FPGA
+    OTHER = "other"  # Inferentia, Trainium, Gaudi, Qualcomm AI 100, FPGA (VU9P)
 
 
 @dataclass(frozen=True, slots=True)
 class GpuModel:
-    """One catalogue entry. `memory_gb` is per accelerator (per chip for TPUs)."""
+    """One catalogue entry.
+
+    `memory_gb` is per accelerator (per chip for TPUs), `None` where no figure is published
+    for the unit a provider sells. `form_factor` is "SXM", "PCIe" or "NVL" where the
+    catalogue distinguishes it (H100), else `None`.
+    """
 
     name: str
     family: str
@@ -40,129 +51,161 @@ class GpuModel:
 
 
 class UnknownGpu(ValueError):
-    """A GPU model or family the catalogue does not know; the message suggests near ones."""
+    """A GPU model or family the catalogue does not know; the message names near matches."""
 
 
-G, T, X = AcceleratorKind.GPU, AcceleratorKind.TPU, AcceleratorKind.OTHER
-_ENTRIES = (
+_G, _T, _X = AcceleratorKind.GPU, AcceleratorKind.TPU, AcceleratorKind.OTHER
+
+_ENTRIES: tuple[GpuModel, ...] = (
     # NVIDIA data centre
-    GpuModel("B200", "B200", "NVIDIA", G, 180),
-    GpuModel("H200", "H200", "NVIDIA", G, 141),
-    GpuModel("GH200", "GH200", "NVIDIA", G, 96),
-    GpuModel("H100", "H100", "NVIDIA", G, 80),  # form factor not stated by the provider
-    GpuModel("H100-SXM", "H100", "NVIDIA", G, 80, "SXM"),
-    GpuModel("H100-PCIe", "H100", "NVIDIA", G, 80, "PCIe"),
-    GpuModel("H100-NVL", "H100", "NVIDIA", G, 94, "NVL"),
-    GpuModel("A100", "A100", "NVIDIA", G, 40),
-    GpuModel("A100-80GB", "A100", "NVIDIA", G, 80),
-    GpuModel("L40S", "L40S", "NVIDIA", G, 48),
-    GpuModel("L40", "L40", "NVIDIA", G, 48),
-    GpuModel("L4", "L4", "NVIDIA", G, 24),
-    GpuModel("A40", "A40", "NVIDIA", G, 48),
-    GpuModel("A10", "A10", "NVIDIA", G, 24),
-    GpuModel("A10G", "A10G", "NVIDIA", G, 24),
-    GpuModel("T4", "T4", "NVIDIA", G, 16),
-    GpuModel("T4G", "T4G", "NVIDIA", G, 16),
-    GpuModel("V100", "V100", "NVIDIA", G, 16),
-    GpuModel("V100-32GB", "V100", "NVIDIA", G, 32),
-    GpuModel("P100", "P100", "NVIDIA", G, 16),
-    GpuModel("P40", "P40", "NVIDIA", G, 24),
-    GpuModel("P4", "P4", "NVIDIA", G, 8),
-    GpuModel("K80", "K80", "NVIDIA", G, 12),
-    GpuModel("K520", "K520", "NVIDIA", G, 4),
-    GpuModel("M60", "M60", "NVIDIA", G, 8),
+    GpuModel("B200", "B200", "NVIDIA", _G, 180),
+    GpuModel("H200", "H200", "NVIDIA", _G, 141),
+    GpuModel("GH200", "GH200", "NVIDIA", _G, 96),  # Lambda's gpu_1x_gh200 reports 98304 MiB
+    # The provider did not say which H100; 80 GB is the least any H100 variant has.
+    GpuModel("H100", "H100", "NVIDIA", _G, 80),
+    GpuModel("H100-SXM", "H100", "NVIDIA", _G, 80, "SXM"),
+    GpuModel("H100-PCIe", "H100", "NVIDIA", _G, 80, "PCIe"),
+    GpuModel("H100-NVL", "H100", "NVIDIA", _G, 94, "NVL"),
+    GpuModel("A100", "A100", "NVIDIA", _G, 40),
+    GpuModel("A100-80GB", "A100", "NVIDIA", _G, 80),
+    GpuModel("L40S", "L40S", "NVIDIA", _G, 48),
+    GpuModel("L40", "L40", "NVIDIA", _G, 48),
+    GpuModel("L4", "L4", "NVIDIA", _G, 24),
+    GpuModel("A40", "A40", "NVIDIA", _G, 48),
+    GpuModel("A10", "A10", "NVIDIA", _G, 24),
+    GpuModel("A10G", "A10G", "NVIDIA", _G, 24),
+    GpuModel("T4", "T4", "NVIDIA", _G, 16),
+    GpuModel("T4G", "T4G", "NVIDIA", _G, 16),  # AWS g5g: T4G beside Graviton (Arm) hosts
+    GpuModel("V100", "V100", "NVIDIA", _G, 16),
+    GpuModel("V100-32GB", "V100", "NVIDIA", _G, 32),
+    GpuModel("P100", "P100", "NVIDIA", _G, 16),
+    GpuModel("P40", "P40", "NVIDIA", _G, 24),
+    GpuModel("P4", "P4", "NVIDIA", _G, 8),
+    GpuModel("K80", "K80", "NVIDIA", _G, 12),  # per GPU; a K80 board carries two
+    GpuModel("K520", "K520", "NVIDIA", _G, 4),  # per GPU; AWS g2 reports 4096 MiB
+    GpuModel("M60", "M60", "NVIDIA", _G, 8),  # per GPU; AWS g3 reports 8192 MiB
     # NVIDIA workstation
-    GpuModel("RTXPRO6000WS", "RTXPRO6000", "NVIDIA", G, 96),
-    GpuModel("RTX6000-Ada", "RTX6000-Ada", "NVIDIA", G, 48),
-    GpuModel("RTX5880-Ada", "RTX5880-Ada", "NVIDIA", G, 48),
-    GpuModel("RTX4000-Ada", "RTX4000-Ada", "NVIDIA", G, 20),
-    GpuModel("RTXA6000", "RTXA6000", "NVIDIA", G, 48),
-    GpuModel("RTXA5000", "RTXA5000", "NVIDIA", G, 24),
-    GpuModel("RTXA4500", "RTXA4500", "NVIDIA", G, 20),
-    GpuModel("RTXA4000", "RTXA4000", "NVIDIA", G, 16),
-    GpuModel("RTX6000", "RTX6000", "NVIDIA", G, 24),  # Quadro RTX 6000 (Turing), not Ada
+    GpuModel("RTXPRO6000WS", "RTXPRO6000", "NVIDIA", _G, 96),  # RTX PRO 6000 Blackwell WS
+    GpuModel("RTX6000-Ada", "RTX6000-Ada", "NVIDIA", _G, 48),
+    GpuModel("RTX5880-Ada", "RTX5880-Ada", "NVIDIA", _G, 48),
+    GpuModel("RTX4000-Ada", "RTX4000-Ada", "NVIDIA", _G, 20),
+    GpuModel("RTXA6000", "RTXA6000", "NVIDIA", _G, 48),
+    GpuModel("RTXA5000", "RTXA5000", "NVIDIA", _G, 24),
+    GpuModel("RTXA4500", "RTXA4500", "NVIDIA", _G, 20),
+    GpuModel("RTXA4000", "RTXA4000", "NVIDIA", _G, 16),
+    GpuModel("RTX6000", "RTX6000", "NVIDIA", _G, 24),  # Quadro RTX 6000 (Turing), not Ada
     # NVIDIA consumer
-    GpuModel("RTX5090", "RTX5090", "NVIDIA", G, 32),
-    GpuModel("RTX5070", "RTX5070", "NVIDIA", G, 12),
-    GpuModel("RTX4090", "RTX4090", "NVIDIA", G, 24),
-    GpuModel("RTX4070", "RTX4070", "NVIDIA", G, 12),
-    GpuModel("RTX4060", "RTX4060", "NVIDIA", G, 8),
-    GpuModel("RTX3090", "RTX3090", "NVIDIA", G, 24),
-    GpuModel("RTX3080", "RTX3080", "NVIDIA", G, 10),
-    GpuModel("RTX3070", "RTX3070", "NVIDIA", G, 8),
-    GpuModel("RTX3060", "RTX3060", "NVIDIA", G, 12),
+    GpuModel("RTX5090", "RTX5090", "NVIDIA", _G, 32),
+    GpuModel("RTX5070", "RTX5070", "NVIDIA", _G, 12),
+    GpuModel("RTX4090", "RTX4090", "NVIDIA", _G, 24),
+    GpuModel("RTX4070", "RTX4070", "NVIDIA", _G, 12),
+    GpuModel("RTX4060", "RTX4060", "NVIDIA", _G, 8),
+    GpuModel("RTX3090", "RTX3090", "NVIDIA", _G, 24),
+    GpuModel("RTX3080", "RTX3080", "NVIDIA", _G, 10),
+    GpuModel("RTX3070", "RTX3070", "NVIDIA", _G, 8),
+    GpuModel("RTX3060", "RTX3060", "NVIDIA", _G, 12),
     # AMD
-    GpuModel("MI300X", "MI300X", "AMD", G, 192),
-    GpuModel("MI25", "MI25", "AMD", G, 16),
-    GpuModel("V520", "V520", "AMD", G, 8),  # Radeon Pro V520 (AWS g4ad)
-    # Google TPU generations (HBM per chip)
-    GpuModel("TPU-v2", "TPU-v2", "Google", T, 16),
-    GpuModel("TPU-v3", "TPU-v3", "Google", T, 32),
-    GpuModel("TPU-v4", "TPU-v4", "Google", T, 32),
-    GpuModel("TPU-v5e", "TPU-v5e", "Google", T, 16),
-    GpuModel("TPU-v5p", "TPU-v5p", "Google", T, 95),
-    GpuModel("TPU-v6e", "TPU-v6e", "Google", T, 32),
-    # Other accelerators
-    GpuModel("Inferentia", "Inferentia", "AWS", X, None),
-    GpuModel("Trainium", "Trainium", "AWS", X, 32),
-    GpuModel("Gaudi", "Gaudi", "Intel", X, 32),  # Habana Gaudi HL-205 (AWS dl1)
-    GpuModel("AI100", "AI100", "Qualcomm", X, None),  # Qualcomm Cloud AI 100 (AWS dl2q)
-    GpuModel("VU9P", "VU9P", "Xilinx", X, None),  # Virtex UltraScale+ FPGA (AWS f1)
+    GpuModel("MI300X", "MI300X", "AMD", _G, 192),
+    GpuModel("MI25", "MI25", "AMD", _G, 16),
+    GpuModel("V520", "V520", "AMD", _G, 8),  # Radeon Pro V520 (AWS g4ad)
+    # Google TPU generations, HBM per chip (cloud.google.com/tpu/docs/v2 ... /v6e)
+    GpuModel("TPU-v2", "TPU-v2", "Google", _T, 16),
+    GpuModel("TPU-v3", "TPU-v3", "Google", _T, 32),
+    GpuModel("TPU-v4", "TPU-v4", "Google", _T, 32),
+    GpuModel("TPU-v5e", "TPU-v5e", "Google", _T, 16),
+    GpuModel("TPU-v5p", "TPU-v5p", "Google", _T, 95),
+    GpuModel("TPU-v6e", "TPU-v6e", "Google", _T, 32),
+    # Other accelerators. Device memory per chip from the AWS Neuron architecture guides
+    # (awsdocs-neuron.readthedocs-hosted.com: inferentia, inferentia2, trainium).
+    GpuModel("Inferentia", "Inferentia", "AWS", _X, 8),  # Inf1
+    GpuModel("Inferentia2", "Inferentia", "AWS", _X, 32),  # Inf2
+    GpuModel("Trainium", "Trainium", "AWS", _X, 32),  # Trn1, Trn1n
+    GpuModel("Gaudi", "Gaudi", "Intel", _X, 32),  # Habana Gaudi HL-205 (AWS dl1)
+    GpuModel("AI100", "AI100", "Qualcomm", _X, None),  # Cloud AI 100 (AWS dl2q)
+    GpuModel("VU9P", "VU9P", "Xilinx", _X, None),  # Virtex UltraScale+ FPGA (AWS f1)
 )
+
 CATALOGUE: Mapping[str, GpuModel] = MappingProxyType({m.name: m for m in _ENTRIES})
-_BY_LOWER = {m.name.lower(): m for m in _ENTRIES}
+
+_BY_LOWER: dict[str, GpuModel] = {m.name.lower(): m for m in _ENTRIES}
 _FAMILIES: dict[str, frozenset[str]] = {}
 for _m in _ENTRIES:
     _FAMILIES[_m.family.lower()] = _FAMILIES.get(_m.family.lower(), frozenset()) | {_m.name}
 
-_PREFIXES = ("nvidia", "tesla", "geforce", "quadro", "amd", "radeon")
+#: Leading words dropped before the alias lookup, so that "NVIDIA GeForce RTX 3070",
+#: "RTX 3070" and "RTX3070" agree.
+_VENDOR_WORDS = frozenset(
+    {"nvidia", "tesla", "geforce", "quadro", "amd", "radeon", "instinct", "aws", "intel"}
+    | {"habana", "qualcomm", "xilinx", "google"}
+)
 
 
 def _clean(name: str) -> str:
-    """Lower-case, vendor words and separators dropped: "NVIDIA GeForce RTX 3070" -> "rtx3070"."""
-    s = re.sub(r"[^a-z0-9]+", " ", name.lower()).split()
-    while s and s[0] in _PREFIXES:
-        s = s[1:]
-    return "".join(s)
+    """Lower-case, separators and leading vendor words dropped: "NVIDIA RTX A6000" -> "rtxa6000"."""
+    words = re.sub(r"[^a-z0-9]+", " ", name.lower()).split()
+    while words and words[0] in _VENDOR_WORDS:
+        words.pop(0)
+    return "".join(words)
 
 
-#: Cleaned provider names -> canonical model (those equal to a cleaned canonical name are
-#: implied). Sources: the data set's "Accelerators seen" table and each provider's listings.
+#: Cleaned provider spelling -> canonical name. Every canonical name's own cleaned form is
+#: added below. Spellings are those of the market data set ("Accelerators seen" in
+#: shared/data/README.md), the GpuInfo names in it, and RunPod's GPU ids as SkyPilot maps
+#: them (skypilot-org/skypilot sky/provision/runpod/utils.py, GPU_NAME_MAP).
 _ALIASES: dict[str, str] = {
-    "h100sxm": "H100-SXM",
+    # H100: a name that states the form factor wins over every provider rule.
+    "h100sxm": "H100-SXM",  # RunPod "H100-SXM"; Vast's unreduced "H100_SXM"
     "h100sxm5": "H100-SXM",
-    "h10080gbhbm3": "H100-SXM",
-    "h100mega": "H100-SXM",  # GCP a3-megagpu: H100 SXM with more NICs
-    "h100pcie": "H100-PCIe",
+    "h10080gbhbm3": "H100-SXM",  # RunPod's id (and nvidia-smi's name) for the SXM card
+    "h100mega": "H100-SXM",  # GCP a3-megagpu; see _h100_by_provider
+    "h100mega80gb": "H100-SXM",  # GCP accelerator type nvidia-h100-mega-80gb
+    "h100pcie": "H100-PCIe",  # Scaleway GpuInfo "NVIDIA H100 PCIe"; RunPod id
     "h100nvl": "H100-NVL",
-    "a10080gb": "A100-80GB",
-    "a10080gbsxm": "A100-80GB",
-    "a10080gbpcie": "A100-80GB",
-    "a100sxm4": "A100",
-    "a100pcie": "A100",
+    "h10080gb": "H100",  # GCP accelerator type nvidia-h100-80gb; refined by provider
+    "h200sxm": "H200",
+    # A100 and V100: memory-stating names are explicit; the others are refined by memory.
     "a10040gb": "A100",
-    "a6000": "RTXA6000",  # Lambda writes A6000 for the RTX A6000 (Ampere)
-    "rtxa6000": "RTXA6000",
-    "rtxa5000": "RTXA5000",
-    "rtxa4500": "RTXA4500",
-    "rtxa4000": "RTXA4000",
-    "rtx6000": "RTX6000",
-    "rtx6000ada": "RTX6000-Ada",
-    "rtx5880ada": "RTX5880-Ada",
-    "rtx4000ada": "RTX4000-Ada",
-    "rtxpro6000ws": "RTXPRO6000WS",
+    "a100sxm4": "A100",  # Vast's unreduced names
+    "a100pcie": "A100",
+    "a10080gb": "A100-80GB",
+    "a10080gbsxm": "A100-80GB",  # RunPod; form factor is not tracked for A100
+    "a10080gbpcie": "A100-80GB",
+    "a100sxm480gb": "A100-80GB",
+    "v10016gb": "V100",
     "v10032gb": "V100-32GB",
-    "mi25": "MI25",
-    "prov520": "V520",
-    "gaudihl205": "Gaudi",
-    "qualcommai100": "AI100",
-    "ai100": "AI100",
-    "virtexultrascalevu9p": "VU9P",
+    # Names that differ between clouds
+    "a6000": "RTXA6000",  # Lambda's "A6000" is the RTX A6000 (Ampere, 48 GB)
+    "rtx6000": "RTX6000",  # Lambda's "RTX6000" is the Quadro RTX 6000 (Turing, 24 GB)
+    "rtx6000adageneration": "RTX6000-Ada",
+    "rtx5880adageneration": "RTX5880-Ada",
+    "rtx4000adageneration": "RTX4000-Ada",
+    "rtxpro6000blackwellworkstationedition": "RTXPRO6000WS",
+    "p100pcie16gb": "P100",  # Scaleway GpuInfo "Tesla P100-PCIE-16GB"
+    "prov520": "V520",  # AWS "Radeon Pro V520"
+    "mi300xoam": "MI300X",  # RunPod "AMD Instinct MI300X OAM"
+    "gaudihl205": "Gaudi",  # AWS "Gaudi HL-205"
+    "cloudai100": "AI100",
+    "virtexultrascalevu9p": "VU9P",  # AWS "Virtex UltraScale (VU9P)"
+    "tpuv5litepod": "TPU-v5e",
 }
 for _m in _ENTRIES:
     _ALIASES.setdefault(_clean(_m.name), _m.name)
 
-_TPU = re.compile(r"^tpu-(v2|v3|v4|v5litepod|v5p|v6e)-(\d+)$")
+#: Cleaned names that do not say how much memory the card has, and the family members the
+#: reported memory chooses between. Vast writes `A100` for 40 and 80 GB cards alike
+#: (shared/data/README.md, "Vast names are reduced").
+_MEMORY_AMBIGUOUS: dict[str, tuple[str, ...]] = {
+    "a100": ("A100", "A100-80GB"),
+    "a100sxm4": ("A100", "A100-80GB"),
+    "a100pcie": ("A100", "A100-80GB"),
+    "v100": ("V100", "V100-32GB"),
+}
+#: Reported memory within this fraction of a member's catalogue memory picks that member;
+#: the slack covers MiB-vs-GB rounding and usable-memory figures (SCP: 81251 MiB for 80 GB).
+_MEMORY_TOLERANCE = 0.15
+
+# Slice names: "tpu-v4-128" (the data set and SkyPilot) or GCP's accelerator type "v4-128".
+_TPU_SLICE = re.compile(r"^(?:tpu-)?(v2|v3|v4|v5litepod|v5p|v6e)-(\d+)$")
 _TPU_MODEL = {
     "v2": "TPU-v2",
     "v3": "TPU-v3",
@@ -171,39 +214,67 @@ _TPU_MODEL = {
     "v5p": "TPU-v5p",
     "v6e": "TPU-v6e",
 }
-#: Generations whose slice names count TensorCores (2 per chip); the others count chips.
-_TPU_CORES_IN_NAME = {"v2", "v3", "v4", "v5p"}
+# v2, v3, v4 and v5p chips have two TensorCores and their slice names count cores
+# ("v4-8" is 4 chips, cloud.google.com/tpu/docs/v4 and /v5p topology tables); v5e and v6e
+# chips have one TensorCore and their names count chips (/tpu/docs/v5e, /tpu/docs/v6e).
+_TPU_CORES_PER_CHIP = {"v2": 2, "v3": 2, "v4": 2, "v5p": 2, "v5litepod": 1, "v6e": 1}
 
-_AZURE_NC_H100 = re.compile(r"^Standard_NC\w*H100_v5$")
-_AZURE_ND_H100 = re.compile(r"^Standard_ND\w*H100_v5$")
+_AZURE_NC_H100 = re.compile(r"^Standard_NCC?\d+[a-z]*_H100_v5$", re.IGNORECASE)
+_AZURE_ND_H100 = re.compile(r"^Standard_ND\d+[a-z]*_H100_v5$", re.IGNORECASE)
+_SCALEWAY_H100_PCIE = re.compile(r"^H100-\d+-80G$")
 
 
-def _h100_form_factor(
-    provider: str | None, instance_type: str | None, memory_mib: int | None
-) -> str | None:
-    """Which H100 a provider's plain `H100` is, when the provider's own listing says."""
-    it = instance_type or ""
-    if provider == "aws" and it.startswith("p5."):
-        return "H100-SXM"  # AWS P5: 8x H100 SXM5 80 GB (aws.amazon.com/ec2/instance-types/p5)
+def _h100_by_provider(provider: str | None, instance_type: str) -> str | None:
+    """Which H100 a provider's plain `H100` is, where the provider's own listing says."""
+    if provider == "aws" and instance_type.startswith("p5."):
+        # P5: H100 SXM 80 GB (aws.amazon.com/ec2/instance-types/p5). p5e/p5en carry H200.
+        return "H100-SXM"
     if provider == "lambda_cloud":
-        if "_pcie" in it:
-            return "H100-PCIe"  # gpu_1x_h100_pcie
-        if "_sxm" in it:
-            return "H100-SXM"  # gpu_8x_h100_sxm5
+        # Lambda names the form factor in the type: gpu_1x_h100_pcie, gpu_8x_h100_sxm5
+        # (lambda.ai/instances lists "H100 PCIe" and "H100 SXM" separately).
+        if "_pcie" in instance_type.lower():
+            return "H100-PCIe"
+        if "_sxm" in instance_type.lower():
+            return "H100-SXM"
     if provider == "azure":
-        if _AZURE_NC_H100.match(it):
-            return "H100-NVL"  # NC H100 v5 series: H100 NVL 94 GB (learn.microsoft.com)
-        if _AZURE_ND_H100.match(it):
-            return "H100-SXM"  # ND H100 v5 series: 8x H100 SXM 80 GB
+        # NCads/NCCads H100 v5: "NVIDIA H100 NVL GPU ... 94GB memory each"; ND H100 v5:
+        # eight H100 on an NVLink 4.0 HGX board, i.e. SXM (MicrosoftDocs/azure-docs
+        # articles/virtual-machines/sizes/gpu-accelerated/includes/ncadsh100v5-,
+        # nccadsh100v5-, ndh100v5-series-summary.md).
+        if _AZURE_NC_H100.match(instance_type):
+            return "H100-NVL"
+        if _AZURE_ND_H100.match(instance_type):
+            return "H100-SXM"
     if provider == "gcp":
-        return "H100-SXM"  # A3 high/edge/mega machine types carry H100 SXM5 80 GB
+        # GCP sells H100 only in A3 machine types (a3-highgpu/edgegpu as `H100`, a3-megagpu
+        # as `H100-MEGA`), all H100 SXM 80 GB (cloud.google.com/compute/docs/gpus). GCP
+        # accelerator rows carry no instance type, so the rule cannot check it.
+        return "H100-SXM"
     if provider == "runpod":
-        return "H100-PCIe"  # RunPod lists "H100 PCIe" as H100 and "H100 SXM" as H100-SXM
+        # RunPod lists "H100 PCIe", "H100 SXM" and "H100 NVL" apart; SkyPilot's catalog
+        # names them H100, H100-SXM, H100-NVL (GPU_NAME_MAP: 'H100': 'NVIDIA H100 PCIe').
+        return "H100-PCIe"
     if provider == "scaleway":
-        return "H100-PCIe"  # GpuInfo: "NVIDIA H100 PCIe" (H100-1-80G, H100-2-80G)
-    if memory_mib is not None and memory_mib >= 90 * 1024:
-        return "H100-NVL"  # only the NVL has 94 GB; SXM and PCIe have 80
+        # H100-1-80G and H100-2-80G are PCIe (GpuInfo: "NVIDIA H100 PCIe"); the later
+        # H100-SXM-2/4/8-80G are SXM (scaleway/docs-content, gpu/reference-content/
+        # migration-h100.mdx).
+        if instance_type.startswith("H100-SXM-"):
+            return "H100-SXM"
+        if _SCALEWAY_H100_PCIE.match(instance_type):
+            return "H100-PCIe"
+    # Vast reduces H100_SXM and H100_NVL to H100; Paperspace and FluidStack do not say.
     return None
+
+
+def _by_memory(candidates: tuple[str, ...], memory_mib: int) -> str | None:
+    """The family member whose memory the reported per-GPU figure matches, if exactly one."""
+    gib = memory_mib / 1024
+    hits = [
+        name
+        for name in candidates
+        if (gb := CATALOGUE[name].memory_gb) is not None and abs(gib - gb) <= _MEMORY_TOLERANCE * gb
+    ]
+    return hits[0] if len(hits) == 1 else None
 
 
 def normalise(
@@ -213,35 +284,47 @@ def normalise(
     instance_type: str | None = None,
     memory_mib: int | None = None,
 ) -> GpuModel | None:
-    """The canonical model a provider's accelerator name denotes, or None.
+    """The catalogue entry a provider's accelerator name denotes, or None.
 
     Args:
-        name: the provider's accelerator name (`H100`, `RTX 3070`, `tpu-v4-128`...).
-        provider: broker provider id; enables the per-provider refinements.
-        instance_type: the provider's instance type, for form factor rules.
-        memory_mib: memory per accelerator as the provider reports it, which picks the
-            family member where the name is shared (Vast's `A100` for 40 and 80 GB).
+        name: the provider's accelerator name (`H100`, `RTX 3070`, `tpu-v4-128`, ...).
+        provider: the broker's provider id (`aws`, `lambda_cloud`, ...); enables that
+            provider's refinement rules. None applies none.
+        instance_type: the provider's instance type, read by the form-factor rules
+            (`p5.48xlarge`, `gpu_1x_h100_pcie`, `Standard_NC40ads_H100_v5`).
+        memory_mib: memory per GPU as the provider reports it (not the instance total),
+            used only where the name is shared by family members of different memory
+            (`A100` for 40 and 80 GB); a figure matching no member leaves the plain entry.
+
+    Returns:
+        The entry, or None when no table entry or rule covers the name: never a guess.
+        A TPU slice name gives its generation's entry; `tpu_chips` gives its size.
     """
-    m = _TPU.match(name.strip().lower())
-    if m:
-        return CATALOGUE[_TPU_MODEL[m.group(1)]]
-    canonical = _ALIASES.get(_clean(name))
+    text = name.strip()
+    slice_match = _TPU_SLICE.match(text.lower())
+    if slice_match:
+        return CATALOGUE[_TPU_MODEL[slice_match.group(1)]]
+    cleaned = _clean(text)
+    canonical = _ALIASES.get(cleaned)
     if canonical is None:
         return None
+    it = instance_type or ""
     if canonical == "H100":
-        canonical = _h100_form_factor(provider, instance_type, memory_mib) or "H100"
-    elif memory_mib is not None and canonical == "A100":
-        canonical = "A100-80GB" if memory_mib >= 60 * 1024 else "A100"
-    elif memory_mib is not None and canonical == "V100":
-        canonical = "V100-32GB" if memory_mib >= 30 * 1024 else "V100"
+        canonical = _h100_by_provider(provider, it) or canonical
+    elif canonical == "Inferentia" and provider == "aws" and it.startswith("inf2."):
+        # AWS names both generations "Inferentia"; Inf2 carries Inferentia2
+        # (awsdocs-neuron: "At the heart of each Inf2 instance are up to twelve Inferentia2").
+        canonical = "Inferentia2"
+    elif cleaned in _MEMORY_AMBIGUOUS and memory_mib is not None and memory_mib > 0:
+        canonical = _by_memory(_MEMORY_AMBIGUOUS[cleaned], memory_mib) or canonical
     return CATALOGUE[canonical]
 
 
 def get(name: str) -> GpuModel:
-    """The catalogue entry named `name` (case-insensitive).
+    """The catalogue entry whose canonical name is `name`, compared case-insensitively.
 
     Raises:
-        UnknownGpu: no such entry; the message names near matches.
+        UnknownGpu: no entry has that name; the message names near matches.
     """
     model = _BY_LOWER.get(name.strip().lower())
     if model is None:
@@ -249,9 +332,17 @@ def get(name: str) -> GpuModel:
     return model
 
 
+_FAMILIES_BY_CLEANED: dict[str, frozenset[str]] = {
+    _clean(family): members for family, members in _FAMILIES.items()
+}
+
+
 def resolve_query(query: str) -> frozenset[str]:
-    """Canonical names a user's GPU filter covers: a family (`H100` -> every H100 entry),
-    a model (`H100-SXM`), or a provider spelling (`RTX A6000`).
+    """The canonical names a user's GPU filter covers, matched case-insensitively.
+
+    A family name covers every member (`H100` -> H100, H100-SXM, H100-PCIe, H100-NVL); a
+    model name covers itself (`H100-SXM`); a provider spelling covers what it normalises to
+    (`RTX A6000` -> RTXA6000), or its whole family when it names one (`NVIDIA A100`).
 
     Raises:
         UnknownGpu: nothing matches; the message suggests near matches.
@@ -261,25 +352,35 @@ def resolve_query(query: str) -> frozenset[str]:
         return _FAMILIES[q]
     if q in _BY_LOWER:
         return frozenset({_BY_LOWER[q].name})
-    model = normalise(query)
-    if model is not None:
-        return frozenset({model.name})
-    raise _unknown(query)
+    cleaned = _clean(q)
+    if cleaned in _FAMILIES_BY_CLEANED:
+        return _FAMILIES_BY_CLEANED[cleaned]
+    model = normalise(query) if cleaned else None
+    if model is None:
+        raise _unknown(query)
+    return frozenset({model.name})
 
 
 def tpu_chips(slice_name: str) -> int | None:
-    """Chips in a GCP TPU slice: `tpu-v4-8` -> 4 (v2/v3/v4/v5p names count TensorCores,
-    two per chip), `tpu-v6e-8` -> 8 (v5e/v6e names count chips). None if not a slice name."""
-    m = _TPU.match(slice_name.strip().lower())
+    """Chips in a GCP TPU slice.
+
+    v2, v3, v4 and v5p names count TensorCores, two per chip (`tpu-v4-8` -> 4); v5e
+    (`v5litepod`) and v6e names count chips (`tpu-v6e-8` -> 8). Returns None for a name that
+    is not a slice name of a known generation, or whose core count is not whole chips.
+    """
+    m = _TPU_SLICE.match(slice_name.strip().lower())
     if not m:
         return None
-    n = int(m.group(2))
-    return max(1, n // 2) if m.group(1) in _TPU_CORES_IN_NAME else n
+    cores, per_chip = int(m.group(2)), _TPU_CORES_PER_CHIP[m.group(1)]
+    if cores == 0 or cores % per_chip:
+        return None
+    return cores // per_chip
 
 
 def _unknown(value: str) -> UnknownGpu:
-    names = sorted({m.name for m in _ENTRIES} | {m.family for m in _ENTRIES})
-    near = difflib.get_close_matches(value.strip(), names, n=4, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(near)}?" if near else ""
-    families = ", ".join(sorted({m.family for m in _ENTRIES if m.kind == G}))
-    return UnknownGpu(f"Unknown GPU {value!r}.{hint} Known GPU families: {families}")
+    """An UnknownGpu naming `value`, up to four near matches and the known families."""
+    by_lower = {n.lower(): n for m in _ENTRIES for n in (m.name, m.family)}
+    near = difflib.get_close_matches(value.strip().lower(), list(by_lower), n=4, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(by_lower[n] for n in near)}?" if near else ""
+    families = ", ".join(sorted({m.family for m in _ENTRIES}, key=str.lower))
+    return UnknownGpu(f"Unknown GPU {value!r}.{hint} Known families: {families}")
