@@ -165,16 +165,26 @@ def _read_rows(path: Path) -> Iterator[_Row]:
         raise SnapshotFileError(f"{path}: not valid CSV ({exc})") from exc
 
 
+#: Clouds whose `Gpus[0].MemoryInfo.SizeInMiB` is the memory of all the instance's GPUs, not
+#: of one: Vast (2x RTX 5090 rows say 65214 = 2 x 32607; 1x rows say 32607). Lambda and SCP
+#: write the same shape (Size == Total with Count > 1) with a per-GPU value (8x V100: 16384),
+#: so the rule is by cloud, not by shape.
+TOTAL_MEMORY_CLOUDS = frozenset({"vast"})
+
+
 @lru_cache(maxsize=4096)
-def _gpu_memory_mib(gpu_info: str) -> int | None:
-    """Per-GPU memory from a GpuInfo dict literal (`Gpus[0].MemoryInfo.SizeInMiB`)."""
+def _gpu_memory_mib(gpu_info: str, provider: str) -> int | None:
+    """Memory per GPU from a GpuInfo dict literal (`Gpus[0].MemoryInfo.SizeInMiB`, divided
+    by `Gpus[0].Count` where the cloud writes the instance total there)."""
     if not gpu_info.startswith("{"):
         return None
     try:
-        info = ast.literal_eval(gpu_info)
-        size = info["Gpus"][0]["MemoryInfo"]["SizeInMiB"]
-        return int(float(size))
-    except (ValueError, SyntaxError, KeyError, IndexError, TypeError):
+        gpu = ast.literal_eval(gpu_info)["Gpus"][0]
+        size = float(gpu["MemoryInfo"]["SizeInMiB"])
+        if provider in TOTAL_MEMORY_CLOUDS:
+            size /= float(gpu["Count"])
+        return int(size)
+    except (ValueError, SyntaxError, KeyError, IndexError, TypeError, ZeroDivisionError):
         return None
 
 
@@ -241,7 +251,7 @@ def _accelerator(row: _Row, provider: str, instance_type: str, tally: _Tally) ->
     if count is None or count <= 0:
         tally.skip("bad_count", row.where, f"AcceleratorCount={row.get('AcceleratorCount')!r}")
         return None
-    memory_mib = _gpu_memory_mib(row.get("GpuInfo"))
+    memory_mib = _gpu_memory_mib(row.get("GpuInfo"), provider)
     model = _normalise(name, provider, instance_type, memory_mib)
     if model is None:
         tally.skip("unknown_accelerator", row.where, repr(name))

@@ -204,3 +204,15 @@ def test_offer_rejects_nonsense() -> None:
     )
     assert o.key == "aws/us-east-1/use1-az2/p5.48xlarge/spot"
     assert o.price_per_gpu_hour == Decimal("3.871250")
+
+
+def test_vast_memory_is_per_gpu_not_per_listing(data_dir: Path) -> None:
+    result = read_snapshot(data_dir / "offers" / "2026-05-20", T0)
+    by_type: dict[str, set[tuple[str, Decimal | None]]] = {}
+    for o in result.offers:
+        if o.provider == "vast":
+            by_type.setdefault(o.instance_type, set()).add((o.gpu_model, o.gpu_memory_gb))
+    # Vast writes the listing's total memory: 2x RTX 5090 = 65214 MiB, one card 32607 MiB.
+    assert by_type["1x-RTX_5090-32-65536"] == by_type["2x-RTX_5090-32-65536"]
+    # Two 40 GB A100s (81920 MiB in all) are A100, not A100-80GB.
+    assert {m for m, _ in by_type["2x-A100_PCIE-32-65536"]} == {"A100"}
