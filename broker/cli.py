@@ -14,6 +14,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -24,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from broker import db, gpus
 from broker.config import Settings, get_settings
@@ -267,7 +269,7 @@ def poll(
         if not as_json:
             err.print(f"{name}: disabled — {reason}", highlight=False)
     for name, source in built.items():
-        with err.status(f"polling {name}…", spinner="dots") if err.is_terminal else _nullcontext():
+        with err.status(f"polling {name}…", spinner="dots") if err.is_terminal else nullcontext():
             outcome = poll_source(engine, source, clock=state.clock)
         events.update(outcome.events)
         report[name] = {
@@ -284,14 +286,6 @@ def poll(
         typer.echo(json.dumps({"providers": report, "events": dict(sorted(events.items()))}))
     if any(r["status"] == ProviderStatus.DEGRADED for r in report.values()):
         raise typer.Exit(1)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
 
 
 # -------------------------------------------------------------------------- offers
@@ -447,8 +441,6 @@ def offers(
     )
     now = state.clock()
     stale_after = timedelta(minutes=state.settings.stale_after_minutes)
-    from sqlmodel import Session
-
     with Session(engine) as session:
         rows = list_offers(session, query, now=now, stale_after=stale_after)
         hidden_stale = (

@@ -21,7 +21,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from collections.abc import Callable
 from typing import ClassVar, Protocol, TypeVar
 
 from broker.config import Settings
@@ -153,6 +152,3 @@ def get_provider_class(name: str) -> type[ProviderFactory]:
         raise UnknownProvider(
             f"Unknown provider {name!r}.{hint} Known providers: {', '.join(sorted(_REGISTRY))}"
         ) from None
-
-
-Factory = Callable[[Settings, Clock], Provider]
