@@ -55,8 +55,9 @@ def build_scaled(src: Path, dst: Path, target: int) -> int:
     `.rN`) so the market reaches about `target` offers. Returns k."""
     from providers.replay import read_snapshot
 
-    base = len(read_snapshot(src, T0).offers)
-    gcp = len([o for o in read_snapshot(src, T0).offers if o.provider == "gcp"])
+    offers = read_snapshot(src, T0).offers
+    base = len(offers)
+    gcp = sum(1 for o in offers if o.provider == "gcp")
     k = max(1, -(-(target - gcp) // max(1, base - gcp)))
     shutil.copytree(src, dst)
     for path in sorted(dst.glob("*.csv")):

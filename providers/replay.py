@@ -147,7 +147,7 @@ def _read_rows(path: Path) -> Iterator[_Row]:
             if not header:
                 raise SnapshotFileError(f"{path}: empty file (no header line)")
             missing = [c for c in REQUIRED_COLUMNS if c not in header]
-            if missing and not (path.parent.name == "hosts"):
+            if missing:
                 raise SnapshotFileError(
                     f"{path} line 1: missing column{'s' if len(missing) > 1 else ''} "
                     f"{', '.join(repr(c) for c in missing)} (header: {', '.join(header)})"

@@ -216,3 +216,18 @@ def test_vast_memory_is_per_gpu_not_per_listing(data_dir: Path) -> None:
     assert by_type["1x-RTX_5090-32-65536"] == by_type["2x-RTX_5090-32-65536"]
     # Two 40 GB A100s (81920 MiB in all) are A100, not A100-80GB.
     assert {m for m, _ in by_type["2x-A100_PCIE-32-65536"]} == {"A100"}
+
+
+def test_broken_gcp_host_file_fails_the_gcp_poll(data_dir: Path, tmp_path: Path) -> None:
+    folder = _copy(data_dir, tmp_path, "2024-05-01", ["gcp.csv", "lambda.csv"])
+    (folder / "hosts").mkdir()
+    src = (data_dir / "offers" / "2024-05-01" / "hosts" / "gcp.csv").read_text().splitlines()
+    (folder / "hosts" / "gcp.csv").write_text(
+        "\n".join(line.rsplit(",", 2)[0] for line in src) + "\n"
+    )  # Price, SpotPrice cut off
+    result = read_snapshot(folder, T0)
+    assert [str(e.scope) for e in result.scope_errors] == ["gcp/*"]
+    assert "hosts/gcp.csv line 1: missing columns 'Price', 'SpotPrice'" in (
+        result.scope_errors[0].message
+    )
+    assert not [o for o in result.offers if o.provider == "gcp"]
