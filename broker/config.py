@@ -6,11 +6,13 @@ sections use `__`: `BROKER_REPLAY__PATH=...`.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -31,6 +33,114 @@ class ReplaySettings(BaseModel):
     enabled: bool | None = None
 
 
+def _split_list(value: Any) -> Any:
+    """`a,b,c` or a JSON list → list; empty string → None (= the provider's default)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+#: A list setting read from the environment as `a,b,c` (or a JSON list).
+CsvList = Annotated[list[str] | None, NoDecode]
+
+
+class ClientSettings(BaseModel):
+    """What every adapter's client shares: timeouts, retries, concurrency.
+
+    Retries are the adapter's own (bounded): a 429 is retried after its Retry-After when
+    that is at most `max_retry_after_s`, otherwise the scope fails as `rate_limited` and the
+    next poll tries again. The SDKs' own retry loops are turned down to `max_attempts`.
+    """
+
+    timeout_s: float = Field(default=20.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    max_retry_after_s: float = Field(default=30.0, ge=0)
+    #: Regions (or other scopes) polled at once.
+    max_concurrency: int = Field(default=8, ge=1, le=64)
+
+
+class AwsSettings(ClientSettings):
+    """AWS through boto3's standard credential chain (env, profile, SSO, instance role).
+
+    `AWS_ENDPOINT_URL` (boto3's own variable) points every client at one endpoint, e.g. a
+    moto server. The adapter is disabled when boto3 finds no credentials.
+    """
+
+    #: Regions to poll; None = every region enabled for the account (`describe_regions`).
+    regions: CsvList = None
+    #: A profile of ~/.aws/config; None = the default chain.
+    profile: str | None = None
+    #: The Pricing API lives in a few regions only; us-east-1 serves every region's prices.
+    pricing_region: str = "us-east-1"
+    #: Poll EC2 Capacity Blocks for ML offerings (one call per type and region).
+    capacity_blocks: bool = True
+
+    _split = field_validator("regions", mode="before")(_split_list)
+
+
+class GcpSettings(ClientSettings):
+    """GCP through Application Default Credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud
+    ADC or the metadata server). Disabled without a project."""
+
+    project: str | None = None
+    #: Regions to poll (their zones); None = every region.
+    regions: CsvList = None
+    #: Compute API endpoint override (tests point it at a local fake).
+    api_endpoint: str | None = None
+    #: Cloud Billing Catalog endpoint override and optional API key for it.
+    billing_endpoint: str | None = None
+    billing_api_key: SecretStr | None = None
+
+    _split = field_validator("regions", mode="before")(_split_list)
+
+
+class AzureSettings(ClientSettings):
+    """Azure through `DefaultAzureCredential` (env `AZURE_CLIENT_ID`/`AZURE_TENANT_ID`/
+    `AZURE_CLIENT_SECRET`, managed identity, `az login`). Disabled without a subscription."""
+
+    subscription_id: str | None = None
+    #: Locations to poll (`eastus`, `westeurope`...); None = every location with GPU SKUs.
+    regions: CsvList = None
+    #: ARM endpoint override (sovereign clouds; tests point it at a local fake).
+    base_url: str | None = None
+    #: The public, unauthenticated Retail Prices API.
+    retail_prices_url: str = "https://prices.azure.com/api/retail/prices"
+
+    _split = field_validator("regions", mode="before")(_split_list)
+
+
+class ApiKeySettings(ClientSettings):
+    """A neocloud reached over HTTPS with one API key; disabled without the key."""
+
+    api_key: SecretStr | None = None
+    base_url: str = ""
+
+
+class LambdaCloudSettings(ApiKeySettings):
+    base_url: str = "https://cloud.lambdalabs.com/api/v1"
+
+
+class RunpodSettings(ApiKeySettings):
+    base_url: str = "https://api.runpod.io"
+
+
+class VastSettings(ApiKeySettings):
+    base_url: str = "https://console.vast.ai/api/v0"
+
+
+class VerdaSettings(ClientSettings):
+    """Verda (formerly DataCrunch): OAuth2 client credentials; disabled without them."""
+
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    base_url: str = "https://api.verda.com/v1"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BROKER_", env_nested_delimiter="__", extra="ignore"
@@ -44,6 +154,13 @@ class Settings(BaseSettings):
     #: with --include-stale. Must exceed the longest poll interval.
     stale_after_minutes: int = Field(default=120, gt=0)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    gcp: GcpSettings = Field(default_factory=GcpSettings)
+    azure: AzureSettings = Field(default_factory=AzureSettings)
+    lambda_cloud: LambdaCloudSettings = Field(default_factory=LambdaCloudSettings)
+    runpod: RunpodSettings = Field(default_factory=RunpodSettings)
+    vast: VastSettings = Field(default_factory=VastSettings)
+    verda: VerdaSettings = Field(default_factory=VerdaSettings)
     log_level: str = "WARNING"
 
     @field_validator("database_url")

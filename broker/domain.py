@@ -243,6 +243,10 @@ class PollResult:
     fetched_at: datetime
     skipped: Mapping[str, int] = field(default_factory=dict)
     notes: Sequence[str] = ()
+    #: (provider, instance_type) pairs still sold whose capacity the provider reports only by
+    #: listing the regions that have some now (Lambda): an offer of such a pair missing from
+    #: a covered scope turns `unavailable` instead of being withdrawn.
+    capacity_by_presence: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def providers(self) -> list[str]:

@@ -27,6 +27,7 @@ from sqlmodel import Session
 
 from broker.domain import (
     OFFER_EVENT_TYPES,
+    Availability,
     Clock,
     EventType,
     Market,
@@ -197,6 +198,7 @@ def ingest_poll(
                 OFFERS.c.provider,
                 OFFERS.c.region,
                 OFFERS.c.market,
+                OFFERS.c.instance_type,
                 OFFERS.c.active,
                 OFFERS.c.price_per_hour,
                 OFFERS.c.availability,
@@ -285,12 +287,36 @@ def ingest_poll(
             touch_ids.append(old.id)
 
     withdrawals: list[dict[str, Any]] = []
+    sold_out: list[dict[str, Any]] = []
+    unavailable = str(Availability.UNAVAILABLE)
     for key, old in current.items():
         if (
             old.active
             and key not in new
             and _covered(scopes_ok, old.provider, old.region, old.market)
         ):
+            if (old.provider, old.instance_type) in result.capacity_by_presence:
+                # Still sold, just not listed with capacity here now: a sell-out, not a
+                # withdrawal, so "tell me when it comes back" has an offer to watch.
+                if (old.availability, old.available_count) != (unavailable, None):
+                    sold_out.append({"_id": old.id})
+                    observations.append(
+                        {
+                            "offer_id": old.id,
+                            "at": at,
+                            "price_per_hour": old.price_per_hour,
+                            "availability": unavailable,
+                            "available_count": None,
+                        }
+                    )
+                    event(
+                        EventType.AVAILABILITY_CHANGED,
+                        key,
+                        old.provider,
+                        _state(old.price_per_hour, old.availability, old.available_count),
+                        _state(old.price_per_hour, unavailable, None),
+                    )
+                continue
             withdrawals.append({"_id": old.id})
             event(
                 EventType.OFFER_WITHDRAWN,
@@ -318,6 +344,13 @@ def ingest_poll(
     if updates:
         cols: dict[str, Any] = {c: bindparam(c) for c in updates[0] if c != "_id"}
         conn.execute(update(OFFERS).where(OFFERS.c.id == bindparam("_id")).values(cols), updates)
+    if sold_out:
+        conn.execute(
+            update(OFFERS)
+            .where(OFFERS.c.id == bindparam("_id"))
+            .values(availability=unavailable, available_count=None),
+            sold_out,
+        )
     if withdrawals:
         conn.execute(
             update(OFFERS)

@@ -13,18 +13,27 @@ the store. Errors of the SDK or HTTP layer are mapped, in one place per adapter,
     └── AuthFailed             credentials rejected or missing a permission
 
 The registry is the only list of providers: a module in this package registers its class
-with `@register`, and `discover()` imports every module of the package.
+with `@register`, and `discover()` imports every module of the package except `base` and
+helpers named `_*` (`_http`: the shared JSON client).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import pkgutil
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, TypeVar
 
 from broker.config import Settings
-from broker.domain import Clock, PollResult, Scope, ScopeError
+from broker.domain import Clock, Offer, PollResult, Scope, ScopeError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AuthFailed",
@@ -36,12 +45,17 @@ __all__ = [
     "ProviderTimeout",
     "ProviderUnavailable",
     "RateLimited",
+    "RequestRejected",
     "Scope",
     "ScopeError",
+    "ScopeOffers",
     "UnknownProvider",
     "discover",
+    "failed_poll",
     "get_provider_class",
+    "poll_scopes",
     "provider_names",
+    "redact",
     "register",
 ]
 
@@ -80,6 +94,128 @@ class MalformedResponse(ProviderError):
 
 class AuthFailed(ProviderError):
     code = "auth_failed"
+
+
+class RequestRejected(ProviderError):
+    """A 4xx other than auth or rate limit: our request no longer fits the API."""
+
+    code = "rejected"
+
+
+#: Shapes of secrets that may turn up in an SDK's error text: bearer tokens, key=... query
+#: parameters, AWS access key ids, SAS/signature parameters.
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(
+        r"(?i)((?:api[_-]?key|key|token|access_token|client_secret|secret|password|sig|"
+        r"signature|x-amz-security-token|x-amz-signature)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"
+    ),
+    re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
+)
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with every known secret and every secret-shaped token replaced by `***`.
+
+    Adapters pass their own credentials as `secrets`; the patterns catch what an SDK may echo
+    (a bearer header, a `key=` query parameter, an access key id).
+    """
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
+    return text
+
+
+@dataclass
+class ScopeOffers:
+    """What fetching one scope produced: offers plus rows skipped (by reason) and notes."""
+
+    offers: list[Offer] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+
+def poll_scopes(
+    provider: str,
+    scopes: Sequence[Scope],
+    fetch_one: Callable[[Scope], ScopeOffers | Iterable[Offer]],
+    *,
+    clock: Clock,
+    max_workers: int = 8,
+    secrets: Iterable[str | None] = (),
+    failed: Sequence[ScopeError] = (),
+    capacity_by_presence: frozenset[tuple[str, str]] = frozenset(),
+) -> PollResult:
+    """Fetch every scope on a bounded thread pool and assemble one `PollResult`.
+
+    A scope whose `fetch_one` raises a `ProviderError` lands in `scope_errors` with its
+    redacted message and contributes no offers (so ingest leaves its last good offers alone);
+    any other exception is a bug, logged and reported as code `error`. Scopes that already
+    failed before the fan-out (say, the price list) come in as `failed`.
+    """
+    secrets = tuple(secrets)
+    fetched_at = clock()
+    offers: list[Offer] = []
+    ok: list[Scope] = []
+    errors: list[ScopeError] = list(failed)
+    skipped: Counter[str] = Counter()
+    notes: list[str] = []
+
+    def one(scope: Scope) -> ScopeOffers | ScopeError:
+        try:
+            got = fetch_one(scope)
+        except ProviderError as exc:
+            err = exc.to_scope_error(scope)
+            return ScopeError(scope, err.code, redact(err.message, secrets), err.retry_after_s)
+        except Exception as exc:
+            log.error(
+                "provider.scope_crashed %s %s: %s",
+                provider,
+                scope,
+                redact(f"{type(exc).__name__}: {exc}", secrets),
+            )
+            return ScopeError(scope, "error", f"adapter error: {type(exc).__name__}")
+        return got if isinstance(got, ScopeOffers) else ScopeOffers(list(got))
+
+    workers = max(1, min(max_workers, len(scopes)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"poll-{provider}") as pool:
+        for scope, outcome in zip(scopes, pool.map(one, scopes), strict=True):
+            if isinstance(outcome, ScopeError):
+                errors.append(outcome)
+                continue
+            ok.append(scope)
+            offers += outcome.offers
+            skipped.update(outcome.skipped)
+            notes += outcome.notes
+    for e in errors:
+        log.warning("provider.scope_failed %s %s %s: %s", provider, e.scope, e.code, e.message)
+    return PollResult(
+        offers=offers,
+        scopes_ok=ok,
+        scope_errors=errors,
+        fetched_at=fetched_at,
+        skipped=dict(skipped),
+        notes=notes[:50],
+        capacity_by_presence=capacity_by_presence,
+    )
+
+
+def failed_poll(
+    provider: str, exc: ProviderError, clock: Clock, secrets: Iterable[str | None] = ()
+) -> PollResult:
+    """A poll that failed as a whole (the catalogue or price list could not be read)."""
+    err = exc.to_scope_error(Scope(provider))
+    log.warning("provider.poll_failed %s %s: %s", provider, err.code, redact(err.message, secrets))
+    return PollResult(
+        offers=(),
+        scopes_ok=(),
+        scope_errors=(
+            ScopeError(err.scope, err.code, redact(err.message, secrets), err.retry_after_s),
+        ),
+        fetched_at=clock(),
+    )
 
 
 class ProviderDisabled(Exception):
@@ -128,7 +264,7 @@ def discover() -> None:
     import providers
 
     for info in pkgutil.iter_modules(providers.__path__):
-        if info.name != "base":
+        if info.name != "base" and not info.name.startswith("_"):
             importlib.import_module(f"providers.{info.name}")
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from tests.fakes.http import FakeHttpServer, serve
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The public market data set lives beside the repository (../shared/data), never copied in.
 DATA_DIR = Path(os.environ.get("BROKER_TEST_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
@@ -135,3 +137,12 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     db.upgrade(eng)
     yield eng
     eng.dispose()
+
+
+# ------------------------------------------------------------------ fake HTTP
+
+
+@pytest.fixture
+def fake_http() -> Iterator[FakeHttpServer]:
+    """A started local fake HTTP server (127.0.0.1, free port); see tests/fakes/http.py."""
+    yield from serve()
