@@ -227,6 +227,33 @@ class ScopeError:
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    """One account quota a provider reports, as the provider counts it.
+
+    AWS and Azure count vCPUs per instance family, GCP counts GPUs per model; `unit` says
+    which. `instance_types` are the provider's instance types the quota governs (the adapter
+    knows the family → type mapping), `market` the market it applies to (None = all). The
+    scorer turns headroom into time-to-power: a request larger than the headroom needs a
+    quota increase first.
+    """
+
+    provider: str
+    region: str
+    name: str  # the provider's quota id / metric / family, e.g. L-417A185B, NVIDIA_H100_GPUS
+    unit: str  # vcpus | gpus | instances
+    limit: Decimal
+    usage: Decimal | None = None
+    market: Market | None = None
+    instance_types: frozenset[str] = frozenset()
+    description: str | None = None
+
+    @property
+    def headroom(self) -> Decimal:
+        """Units still free (limit − usage; limit when usage is not reported)."""
+        return self.limit - (self.usage or Decimal(0))
+
+
+@dataclass(frozen=True, slots=True)
 class PollResult:
     """What one poll saw.
 
@@ -247,6 +274,8 @@ class PollResult:
     #: listing the regions that have some now (Lambda): an offer of such a pair missing from
     #: a covered scope turns `unavailable` instead of being withdrawn.
     capacity_by_presence: frozenset[tuple[str, str]] = frozenset()
+    #: Account quotas seen by this poll (regions in `scopes_ok` only).
+    quotas: Sequence[Quota] = ()
 
     @property
     def providers(self) -> list[str]:

@@ -1,5 +1,6 @@
-"""SQLModel tables of the market store: offers, observations, market events, poll runs,
-provider states. Every change here comes with an Alembic migration in `migrations/`
+"""SQLModel tables: the market store (offers, observations, market events, poll runs,
+provider states, quotas) and the requests side (teams, API keys, capacity requests, request
+events). Every change here comes with an Alembic migration in `migrations/`
 (a test compares the two).
 """
 
@@ -9,7 +10,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, Numeric, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 from broker.db import UTCDateTime
@@ -134,3 +145,88 @@ class ProviderState(SQLModel, table=True):
     last_errors: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )
+
+
+class StoredQuota(SQLModel, table=True):
+    """The account quotas the last successful poll of each region reported (upserted)."""
+
+    __tablename__ = "quotas"
+    __table_args__ = (UniqueConstraint("provider", "region", "name", "market"),)
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    provider: str = Field(sa_column=Column(String(64), nullable=False))
+    region: str = Field(sa_column=Column(String(128), nullable=False))
+    name: str = Field(sa_column=Column(String(128), nullable=False))
+    #: The market the quota governs, `*` for all.
+    market: str = Field(sa_column=Column(String(32), nullable=False))
+    unit: str = Field(sa_column=Column(String(16), nullable=False))
+    limit: Decimal = Field(sa_column=Column(SIZE, nullable=False))
+    usage: Decimal | None = Field(default=None, sa_column=Column(SIZE))
+    instance_types: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    description: str | None = Field(default=None, sa_column=Column(String(256)))
+    seen_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class Team(SQLModel, table=True):
+    """Who owns requests, reservations and subscriptions; API keys belong to one team."""
+
+    __tablename__ = "teams"
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    name: str = Field(sa_column=Column(String(128), nullable=False, unique=True))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key, stored as its SHA-256 (keys are 256-bit random, so a fast hash is safe);
+    `prefix` (the key's first characters) finds the row and is what listings show."""
+
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    team_id: int = Field(sa_column=Column(ID, ForeignKey("teams.id"), nullable=False, index=True))
+    role: str = Field(sa_column=Column(String(16), nullable=False))
+    prefix: str = Field(sa_column=Column(String(16), nullable=False, index=True))
+    key_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    name: str | None = Field(default=None, sa_column=Column(String(128)))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    last_used_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+
+
+class CapacityRequest(SQLModel, table=True):
+    """A team's need ("64 H100 in the EU within 10 days for 4 weeks under $3.50"). `spec`
+    holds the validated request body; `best` the last best option (for change detection)."""
+
+    __tablename__ = "capacity_requests"
+    __table_args__ = (Index("ix_requests_team_state", "team_id", "state"),)
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    team_id: int = Field(sa_column=Column(ID, ForeignKey("teams.id"), nullable=False))
+    name: str | None = Field(default=None, sa_column=Column(String(256)))
+    state: str = Field(sa_column=Column(String(16), nullable=False))
+    spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: Canonical GPU models the request accepts (expanded from families), for rescoring.
+    gpu_models: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    best: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    scored_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class RequestEvent(SQLModel, table=True):
+    """Append-only events of capacity requests (`best_option_changed`, state changes)."""
+
+    __tablename__ = "request_events"
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    request_id: int = Field(
+        sa_column=Column(ID, ForeignKey("capacity_requests.id"), nullable=False, index=True)
+    )
+    team_id: int = Field(sa_column=Column(ID, ForeignKey("teams.id"), nullable=False, index=True))
+    type: str = Field(sa_column=Column(String(32), nullable=False))
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    #: The last market event that led to it (None for API-caused changes).
+    market_event_id: int | None = Field(default=None, sa_column=Column(ID))
+    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))

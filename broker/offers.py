@@ -34,16 +34,25 @@ from broker.domain import (
     Offer,
     PollResult,
     ProviderStatus,
+    Quota,
     Scope,
     utcnow,
 )
-from broker.models import MarketEvent, Observation, PollRun, ProviderState, StoredOffer
+from broker.models import (
+    MarketEvent,
+    Observation,
+    PollRun,
+    ProviderState,
+    StoredOffer,
+    StoredQuota,
+)
 
 OFFERS = StoredOffer.__table__  # type: ignore[attr-defined]
 OBSERVATIONS = Observation.__table__  # type: ignore[attr-defined]
 EVENTS = MarketEvent.__table__  # type: ignore[attr-defined]
 POLL_RUNS = PollRun.__table__  # type: ignore[attr-defined]
 PROVIDER_STATES = ProviderState.__table__  # type: ignore[attr-defined]
+QUOTAS = StoredQuota.__table__  # type: ignore[attr-defined]
 
 #: PostgreSQL advisory lock held by every ingest: events get their ids and commit in the same
 #: order, so a reader following `id > after` never skips an event committed late.
@@ -373,6 +382,8 @@ def ingest_poll(
     if observations:
         conn.execute(insert(OBSERVATIONS), observations)
 
+    if result.quotas:
+        _upsert_quotas(conn, result.quotas, at)
     provider_status = _update_provider_states(session, result, providers, at, event)
     counts: Counter[str] = Counter(e["type"] for e in events)
     first_id = last_id = None
@@ -399,6 +410,41 @@ def ingest_poll(
         scope_errors=[e.as_dict() for e in result.scope_errors],
         provider_status=provider_status,
     )
+
+
+def _upsert_quotas(conn: Connection, quotas: Sequence[Quota], at: datetime) -> None:
+    """The latest figure of each (provider, region, name, market) quota wins."""
+    rows = {
+        (q.provider, q.region, q.name, str(q.market) if q.market else "*"): {
+            "unit": q.unit,
+            "limit": q.limit,
+            "usage": q.usage,
+            "instance_types": sorted(q.instance_types),
+            "description": q.description,
+            "seen_at": at,
+        }
+        for q in quotas
+    }
+    providers = sorted({k[0] for k in rows})
+    existing = {
+        (r.provider, r.region, r.name, r.market): r.id
+        for r in conn.execute(
+            select(
+                QUOTAS.c.id, QUOTAS.c.provider, QUOTAS.c.region, QUOTAS.c.name, QUOTAS.c.market
+            ).where(QUOTAS.c.provider.in_(providers))
+        )
+    }
+    updates = [{"_id": existing[k], **v} for k, v in rows.items() if k in existing]
+    inserts = [
+        {"provider": k[0], "region": k[1], "name": k[2], "market": k[3], **v}
+        for k, v in rows.items()
+        if k not in existing
+    ]
+    if updates:
+        cols: dict[str, Any] = {c: bindparam(c) for c in updates[0] if c != "_id"}
+        conn.execute(update(QUOTAS).where(QUOTAS.c.id == bindparam("_id")).values(cols), updates)
+    if inserts:
+        conn.execute(insert(QUOTAS), inserts)
 
 
 def _allocate_ids(conn: Connection, table: str, n: int) -> list[int]:

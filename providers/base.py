@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, TypeVar
 
 from broker.config import Settings
-from broker.domain import Clock, Offer, PollResult, Scope, ScopeError
+from broker.domain import Clock, Offer, PollResult, Quota, Scope, ScopeError
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,12 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
 
 @dataclass
 class ScopeOffers:
-    """What fetching one scope produced: offers plus rows skipped (by reason) and notes."""
+    """What fetching one scope produced: offers, rows skipped (by reason), notes, quotas."""
 
     offers: list[Offer] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    quotas: list[Quota] = field(default_factory=list)
 
 
 def poll_scopes(
@@ -162,6 +163,7 @@ def poll_scopes(
     errors: list[ScopeError] = list(failed)
     skipped: Counter[str] = Counter()
     notes: list[str] = []
+    quotas: list[Quota] = []
 
     def one(scope: Scope) -> ScopeOffers | ScopeError:
         try:
@@ -189,6 +191,7 @@ def poll_scopes(
             offers += outcome.offers
             skipped.update(outcome.skipped)
             notes += outcome.notes
+            quotas += outcome.quotas
     for e in errors:
         log.warning("provider.scope_failed %s %s %s: %s", provider, e.scope, e.code, e.message)
     return PollResult(
@@ -199,6 +202,7 @@ def poll_scopes(
         skipped=dict(skipped),
         notes=notes[:50],
         capacity_by_presence=capacity_by_presence,
+        quotas=quotas,
     )
 
 

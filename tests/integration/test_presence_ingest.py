@@ -91,3 +91,35 @@ def test_sell_out_is_an_availability_change_not_a_withdrawal(engine: Engine) -> 
         ("availability_changed", "unavailable"),
         ("availability_changed", "available"),
     ]
+
+
+def test_quotas_are_upserted_per_region_name_and_market(engine: Engine) -> None:
+    from broker.domain import Quota
+    from broker.models import StoredQuota
+
+    def q(limit: int, usage: int) -> Quota:
+        return Quota(
+            provider="lambda_cloud",
+            region="us-east-1",
+            name="GPUS",
+            unit="gpus",
+            limit=Decimal(limit),
+            usage=Decimal(usage),
+            instance_types=frozenset({"gpu_8x_h100_sxm5"}),
+        )
+
+    for i, (limit, usage) in enumerate([(16, 8), (32, 0)]):
+        result = PollResult(
+            offers=[offer("us-east-1")],
+            scopes_ok=[Scope("lambda_cloud")],
+            scope_errors=[],
+            fetched_at=T0 + timedelta(minutes=i),
+            quotas=[q(limit, usage)],
+        )
+        with session_scope(engine) as session:
+            ingest_poll(session, result, source="lambda_cloud")
+    with Session(engine) as session:
+        rows = session.exec(select(StoredQuota)).all()
+    assert [(r.name, r.market, r.limit, r.usage, r.instance_types) for r in rows] == [
+        ("GPUS", "*", Decimal(32), Decimal(0), ["gpu_8x_h100_sxm5"])
+    ]
