@@ -141,6 +141,27 @@ class VerdaSettings(ClientSettings):
     base_url: str = "https://api.verda.com/v1"
 
 
+class ScoringSettings(BaseModel):
+    """Knobs of the time-to-power and cost model (see `broker.scoring`, README "Scoring")."""
+
+    #: Hours from launch to running work, per provider (`{"aws": 0.25, ...}` as JSON).
+    provisioning_hours: dict[str, float] = Field(
+        default_factory=lambda: {
+            "aws": 0.25,
+            "gcp": 0.25,
+            "azure": 0.5,
+            "lambda_cloud": 0.25,
+            "runpod": 0.1,
+            "vast": 0.25,
+            "verda": 0.25,
+        }
+    )
+    default_provisioning_hours: float = Field(default=0.5, ge=0)
+    unverified_capacity_hours: float = Field(default=4.0, ge=0)
+    quota_lead_hours: float = Field(default=72.0, ge=0)
+    spot_interruption_overhead: float = Field(default=0.15, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BROKER_", env_nested_delimiter="__", extra="ignore"
@@ -154,6 +175,7 @@ class Settings(BaseSettings):
     #: with --include-stale. Must exceed the longest poll interval.
     stale_after_minutes: int = Field(default=120, gt=0)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     aws: AwsSettings = Field(default_factory=AwsSettings)
     gcp: GcpSettings = Field(default_factory=GcpSettings)
     azure: AzureSettings = Field(default_factory=AzureSettings)
