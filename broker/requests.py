@@ -15,6 +15,7 @@ States: `open` (no option yet) ⇄ `matched` (at least one option) → `fulfille
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -415,9 +416,9 @@ class _CachedMarket:
     snapshot: MarketSnapshot
 
 
-#: Market snapshots per database URL, rebuilt when an ingest has run since (the newest poll
-#: run or market event id moved): loading ~3,000 offers costs far more than scoring them.
-_MARKET_CACHE: dict[str, _CachedMarket] = {}
+#: Market snapshots per engine, rebuilt when an ingest has run since (the newest poll run or
+#: market event id moved; ids only grow): loading ~3,000 offers costs far more than scoring.
+_MARKET_CACHE: weakref.WeakKeyDictionary[Engine, _CachedMarket] = weakref.WeakKeyDictionary()
 
 
 def _market_version(session: Session) -> tuple[int, int]:
@@ -434,13 +435,13 @@ def load_market(session: Session) -> MarketSnapshot:
     """Every current offer with the sell-out history of the unavailable ones, and quotas;
     cached per database until the next ingest. Staleness is judged at scoring time
     (`recommend(..., stale_before=)`), so a cached snapshot never goes stale itself."""
-    url = str(session.get_bind().engine.url)
+    engine = session.get_bind().engine
     version = _market_version(session)
-    cached = _MARKET_CACHE.get(url)
+    cached = _MARKET_CACHE.get(engine)
     if cached is not None and cached.version == version:
         return cached.snapshot
     snapshot = _load_market(session)
-    _MARKET_CACHE[url] = _CachedMarket(version, snapshot)
+    _MARKET_CACHE[engine] = _CachedMarket(version, snapshot)
     return snapshot
 
 
@@ -593,7 +594,11 @@ def _apply_score(
         )
     row.best = best
     row.scored_at = now
-    _set_state(session, row, RequestState.MATCHED if best else RequestState.OPEN, now)
+    state = RequestState.MATCHED if best else RequestState.OPEN
+    if emit:
+        _set_state(session, row, state, now)
+    else:
+        row.state = state
     session.add(row)
     return changed and emit
 

@@ -102,15 +102,16 @@ def worker_id(request: pytest.FixtureRequest) -> str:
 
 def _reset_pg(engine: Engine) -> None:
     from sqlalchemy import text
+    from sqlmodel import SQLModel
 
-    from broker import db
+    from broker import (
+        db,
+        models,  # noqa: F401  (registers every table)
+    )
 
     db.upgrade(engine)
     with engine.begin() as conn:
-        tables = ", ".join(
-            f'"{t}"'
-            for t in ("market_events", "observations", "offers", "poll_runs", "provider_states")
-        )
+        tables = ", ".join(f'"{t}"' for t in SQLModel.metadata.tables)
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
