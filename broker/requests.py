@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, and_, bindparam, func, insert, select, update
 from sqlmodel import Session, col
 
 from broker import gpus, regions
@@ -641,21 +641,72 @@ def rescore_for_events(
             )
         if not touched_models:
             return 0
+        req = CapacityRequest.__table__  # type: ignore[attr-defined]
         live = [
             r
-            for r in session.exec(
-                select(CapacityRequest).where(  # type: ignore[call-overload]
-                    col(CapacityRequest.state).in_([str(s) for s in LIVE_STATES])
-                )
-            ).scalars()
+            for r in conn.execute(
+                select(
+                    req.c.id,
+                    req.c.team_id,
+                    req.c.name,
+                    req.c.spec,
+                    req.c.gpu_models,
+                    req.c.best,
+                    req.c.state,
+                ).where(req.c.state.in_([str(s) for s in LIVE_STATES]))
+            )
             if touched_models.intersection(r.gpu_models)
         ]
         if not live:
             return 0
         market = load_market(session)
-        changed = 0
-        for row in live:
-            changed += _apply_score(
-                session, row, market, now, settings, market_event_id=last_event_id, emit=True
+        cfg = ScoringConfig.from_settings(settings.scoring)
+        cutoff = stale_cutoff(settings, now)
+        rows: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for r in live:
+            spec = RequestIn.model_validate({**r.spec, "name": r.name}).to_spec()
+            state = RequestState(r.state)
+            if spec.needed_by is not None and spec.needed_by <= now:
+                best, state = r.best, RequestState.EXPIRED
+            else:
+                rec = recommend(spec, market, now, cfg, with_excluded=False, stale_before=cutoff)
+                best = _best_signature(rec)
+                state = RequestState.MATCHED if best else RequestState.OPEN
+                if (r.best or {}).get("offers") != (best or {}).get("offers"):
+                    events.append(
+                        {
+                            "request_id": r.id,
+                            "team_id": r.team_id,
+                            "type": BEST_OPTION_CHANGED,
+                            "at": now,
+                            "market_event_id": last_event_id,
+                            "before": r.best,
+                            "after": best,
+                        }
+                    )
+            if state != r.state:
+                events.append(
+                    {
+                        "request_id": r.id,
+                        "team_id": r.team_id,
+                        "type": STATE_CHANGED,
+                        "at": now,
+                        "market_event_id": last_event_id,
+                        "before": {"state": r.state},
+                        "after": {"state": str(state)},
+                    }
+                )
+            if state != r.state or best != r.best:
+                rows.append({"_id": r.id, "best": best, "state": str(state)})
+        conn.execute(update(req).where(req.c.id.in_([r.id for r in live])).values(scored_at=now))
+        if rows:
+            conn.execute(
+                update(req)
+                .where(req.c.id == bindparam("_id"))
+                .values(best=bindparam("best"), state=bindparam("state"), updated_at=now),
+                rows,
             )
-        return changed
+        if events:
+            conn.execute(insert(RequestEvent.__table__), events)  # type: ignore[attr-defined]
+        return sum(1 for e in events if e["type"] == BEST_OPTION_CHANGED)

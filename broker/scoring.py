@@ -240,13 +240,20 @@ class Option:
     price_per_gpu_hour: Decimal
     gpus: Decimal
     spot_adjustment_usd: Decimal
+    #: The offers' keys, in part order (identity of the option).
+    keys: tuple[str, ...] = ()
     score: float = 0.0
     on_pareto_front: bool = False
-    explanation: str = ""
+    #: (rank, options, cheapest cost, fastest time) set by ranking, for `explanation`.
+    context: tuple[int, int, Decimal, float] | None = None
 
     @property
-    def keys(self) -> tuple[str, ...]:
-        return tuple(p.offer.key for p in self.parts)
+    def explanation(self) -> str:
+        """One or two sentences with the numbers that decided the rank (built on demand)."""
+        if self.context is None:
+            return ""
+        rank, n, cheapest, fastest = self.context
+        return _explain(self, rank, cheapest, fastest, n)
 
     @property
     def region(self) -> str:
@@ -408,6 +415,12 @@ def _quota_delay(
 
 
 def _instances_for(gpus: Decimal, per_instance: Decimal) -> int:
+    if per_instance == int(per_instance):
+        return (
+            -(-int(gpus) // int(per_instance))
+            if gpus == int(gpus)
+            else math.ceil(gpus / per_instance)
+        )
     return int((gpus / per_instance).to_integral_value(rounding=ROUND_CEILING))
 
 
@@ -436,6 +449,9 @@ class MarketSnapshot:
     model_summary: dict[tuple[str, str], tuple[int, set[str]]] = field(init=False)
 
     def __post_init__(self) -> None:
+        self._residency: dict[tuple[Residency, str], list[tuple[str, str] | None]] = {}
+        self._ttp_for: tuple[datetime, int] | None = None
+        self._ttp: dict[str, Ttp | None] = {}
         self.by_model = defaultdict(list)
         self.model_summary = {}
         for o in self.offers:
@@ -443,6 +459,28 @@ class MarketSnapshot:
             n, regions = self.model_summary.get((o.provider, o.gpu_model), (0, set()))
             regions.add(o.region)
             self.model_summary[(o.provider, o.gpu_model)] = (n + 1, regions)
+
+    def time_to_power(self, offer: MarketOffer, now: datetime, cfg: ScoringConfig) -> Ttp | None:
+        """`time_to_power` memoised for one (now, config) at a time: a rescoring batch asks
+        the same offers again for every request."""
+        if self._ttp_for != (now, id(cfg)):
+            self._ttp_for = (now, id(cfg))
+            self._ttp = {}
+        try:
+            return self._ttp[offer.key]
+        except KeyError:
+            ttp = self._ttp[offer.key] = time_to_power(offer, now, cfg)
+            return ttp
+
+    def residency_rules(self, residency: Residency, model: str) -> list[tuple[str, str] | None]:
+        """`residency.check` of every offer of `model`, in `by_model` order (memoised: many
+        requests share their residency rules)."""
+        key = (residency, model)
+        rules = self._residency.get(key)
+        if rules is None:
+            rules = [residency.check(o) for o in self.by_model.get(model, ())]
+            self._residency[key] = rules
+        return rules
 
 
 def recommend(
@@ -456,7 +494,9 @@ def recommend(
 ) -> Recommendation:
     """Rank every way the market can serve `spec`; see the module docstring for the model.
 
-    An offer is stale when flagged so or last seen before `stale_before`."""
+    An offer is stale when flagged so or last seen before `stale_before`. With
+    `with_excluded=False` (rescoring) only the best option is kept and nothing is grouped
+    into `excluded`; the best is the same as the full ranking's first."""
     cfg = cfg or ScoringConfig()
     excluded: dict[tuple[Reason, str, str, str], ExcludedGroup] = {}
 
@@ -492,7 +532,8 @@ def recommend(
     eligible: list[tuple[MarketOffer, Ttp]] = []
     considered = 0
     for model in sorted(spec.gpu_models):
-        for o in market.by_model.get(model, ()):
+        rules = market.residency_rules(spec.residency, model)
+        for o, rule in zip(market.by_model.get(model, ()), rules, strict=True):
             considered += 1
             if o.market not in spec.markets:
                 exclude(
@@ -502,7 +543,6 @@ def recommend(
                     str(o.market),
                 )
                 continue
-            rule = spec.residency.check(o)
             if rule is not None:
                 exclude(Reason.RESIDENCY, o, rule[0], rule[1])
                 continue
@@ -536,7 +576,7 @@ def recommend(
                         f"{_num(per)} GPUs per instance cannot form nodes of {spec.gpus_per_node}",
                     )
                     continue
-            ttp = time_to_power(o, now, cfg)
+            ttp = market.time_to_power(o, now, cfg)
             if ttp is None:
                 exclude(
                     Reason.UNAVAILABLE,
@@ -567,7 +607,10 @@ def recommend(
             continue
         options.append(_option([_part(o, n, ttp, market.quotas, cfg)], spec, cfg))
     singles = {opt.keys for opt in options}
+    single_keys = {k[0] for k in singles}
     for _where, group in sorted(by_region.items(), key=lambda kv: kv[0]):
+        if len(group) == 1 and group[0][0].key in single_keys:
+            continue  # its single-offer option already covers the region
         group.sort(key=lambda ot: (ot[0].price_per_gpu_hour, ot[1].hours, ot[0].key))
         parts: list[Part] = []
         have = Decimal(0)
@@ -592,7 +635,10 @@ def recommend(
                         f"all qualifying offers in the region together reach {_num(have)} "
                         f"of the {spec.gpus} GPUs needed",
                     )
-    _rank(options, spec.weights)
+    if with_excluded:
+        _rank(options, spec.weights)
+    else:
+        _rank_best(options, spec.weights)
     return Recommendation(options, list(excluded.values()), considered)
 
 
@@ -606,17 +652,18 @@ def _part(
 
 
 def _option(parts: list[Part], spec: RequestSpec, cfg: ScoringConfig) -> Option:
-    cost = sum((_part_cost(p, spec.duration_hours) for p in parts), Decimal(0))
-    spot = sum(
-        (
-            _part_cost(p, spec.duration_hours) * Decimal(str(cfg.spot_interruption_overhead))
-            for p in parts
-            if p.offer.market == Market.SPOT
-        ),
-        Decimal(0),
-    )
+    if len(parts) == 1:
+        return _single(parts[0], spec, cfg)
+    cost = Decimal(0)
+    spot = Decimal(0)
+    gpus = Decimal(0)
+    for p in parts:
+        c = _part_cost(p, spec.duration_hours)
+        cost += c
+        if p.offer.market == Market.SPOT:
+            spot += c * Decimal(str(cfg.spot_interruption_overhead))
+        gpus += p.gpus
     total = (cost + spot).quantize(Decimal("0.01"))
-    gpus = sum((p.gpus for p in parts), Decimal(0))
     slowest = max(parts, key=lambda p: p.ttp.hours)
     confidence = min((p.ttp.confidence for p in parts), key=_CONFIDENCE_ORDER.__getitem__)
     per_gpu_hour = (total / (gpus * spec.duration_hours)).quantize(Decimal("0.0001"))
@@ -628,7 +675,35 @@ def _option(parts: list[Part], spec: RequestSpec, cfg: ScoringConfig) -> Option:
         price_per_gpu_hour=per_gpu_hour,
         gpus=gpus,
         spot_adjustment_usd=spot.quantize(Decimal("0.01")),
+        keys=tuple(p.offer.key for p in parts),
     )
+
+
+def _single(p: Part, spec: RequestSpec, cfg: ScoringConfig) -> Option:
+    """`_option` of one part, without the loops (the common case, and the hot one)."""
+    o = p.offer
+    cost = _part_cost(p, spec.duration_hours)
+    spot = (
+        cost * Decimal(str(cfg.spot_interruption_overhead))
+        if o.market == Market.SPOT
+        else Decimal(0)
+    )
+    total = (cost + spot).quantize(_CENT)
+    gpus = o.gpu_count * p.instances
+    return Option(
+        parts=[p],
+        time_to_power_hours=p.ttp.hours,
+        confidence=p.ttp.confidence,
+        total_cost_usd=total,
+        price_per_gpu_hour=(total / (gpus * spec.duration_hours)).quantize(_BASIS),
+        gpus=gpus,
+        spot_adjustment_usd=spot.quantize(_CENT),
+        keys=(o.key,),
+    )
+
+
+_CENT = Decimal("0.01")
+_BASIS = Decimal("0.0001")
 
 
 def _normalise(values: Sequence[float]) -> list[float]:
@@ -638,16 +713,33 @@ def _normalise(values: Sequence[float]) -> list[float]:
     return [(v - lo) / (hi - lo) for v in values]
 
 
-def _rank(options: list[Option], weights: Weights) -> None:
-    if not options:
-        return
+def _score(options: list[Option], weights: Weights) -> None:
     wt, wc = max(weights.time_to_power, 0.0), max(weights.cost, 0.0)
     total_w = (wt + wc) or 1.0
     nt = _normalise([o.time_to_power_hours for o in options])
     nc = _normalise([float(o.total_cost_usd) for o in options])
     for o, t, c in zip(options, nt, nc, strict=True):
         o.score = round(1.0 - (wt * t + wc * c) / total_w, 4)
-    options.sort(key=lambda o: (-o.score, o.total_cost_usd, o.time_to_power_hours, o.keys))
+
+
+def _rank_key(o: Option) -> tuple[float, Decimal, float, tuple[str, ...]]:
+    return (-o.score, o.total_cost_usd, o.time_to_power_hours, o.keys)
+
+
+def _rank_best(options: list[Option], weights: Weights) -> None:
+    """Only the best option, first (rescoring needs no more): same order as `_rank`."""
+    if not options:
+        return
+    _score(options, weights)
+    best = min(options, key=_rank_key)
+    options[:] = [best]
+
+
+def _rank(options: list[Option], weights: Weights) -> None:
+    if not options:
+        return
+    _score(options, weights)
+    options.sort(key=_rank_key)
     # Pareto front: no other option is at least as fast and as cheap and better in one.
     # Sweep by time: an option is on it when it is the cheapest of its time and cheaper than
     # every strictly faster option.
@@ -666,7 +758,7 @@ def _rank(options: list[Option], weights: Weights) -> None:
     cheapest = min(o.total_cost_usd for o in options)
     fastest = min(o.time_to_power_hours for o in options)
     for i, o in enumerate(options):
-        o.explanation = _explain(o, i + 1, cheapest, fastest, len(options))
+        o.context = (i + 1, len(options), cheapest, fastest)
 
 
 def _money(d: Decimal) -> str:

@@ -278,3 +278,18 @@ def test_stale_offers_are_excluded(market: MarketSnapshot) -> None:
         Reason.UNAVAILABLE,
     }
     assert any(g.reason == Reason.STALE for g in rec.excluded)
+
+
+def test_best_only_ranking_agrees_with_the_full_ranking(market: MarketSnapshot) -> None:
+    from bench.scoring import _bodies
+    from broker.requests import RequestIn
+
+    checked = 0
+    for body in _bodies(150, seed=11):
+        s = RequestIn.model_validate(body).to_spec()
+        full = recommend(s, market, NOW)
+        fast = recommend(s, market, NOW, with_excluded=False)
+        assert (full.best and full.best.keys) == (fast.best and fast.best.keys), body
+        assert not fast.excluded
+        checked += full.best is not None
+    assert checked > 50
