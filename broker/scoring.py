@@ -43,7 +43,8 @@ Pareto front when no other is at least as fast and as cheap and better in one of
 the provider states one, bounds the instances) is an option; per (provider, region) the
 cheapest qualifying offers are also combined greedily into one option when that reaches the
 GPUs with more than one offer. Offers are never combined across regions (a gang must share a
-network).
+network), nor on marketplaces (`uncombinable_providers`: Vast lists single machines, some
+listings are alternatives on one machine).
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ class ScoringConfig:
     quota_lead_hours: float = 72.0
     #: Share of spot work assumed lost to interruptions (cost × (1 + this)).
     spot_interruption_overhead: float = 0.15
+    #: Marketplaces whose offers are single machines: two offers may be alternative
+    #: listings of one machine and machines share no network, so they are never combined.
+    uncombinable_providers: frozenset[str] = frozenset({"vast"})
 
     def provisioning(self, provider: str) -> float:
         return self.provisioning_hours.get(provider, self.default_provisioning_hours)
@@ -608,9 +612,19 @@ def recommend(
         options.append(_option([_part(o, n, ttp, market.quotas, cfg)], spec, cfg))
     singles = {opt.keys for opt in options}
     single_keys = {k[0] for k in singles}
-    for _where, group in sorted(by_region.items(), key=lambda kv: kv[0]):
+    for where, group in sorted(by_region.items(), key=lambda kv: kv[0]):
         if len(group) == 1 and group[0][0].key in single_keys:
             continue  # its single-offer option already covers the region
+        if where[0] in cfg.uncombinable_providers:
+            for o, _ in group:
+                if o.key not in single_keys:
+                    exclude(
+                        Reason.COUNT,
+                        o,
+                        f"a listing offers fewer than the {spec.gpus} GPUs needed and "
+                        f"{o.provider} listings are single machines, never combined",
+                    )
+            continue
         group.sort(key=lambda ot: (ot[0].price_per_gpu_hour, ot[1].hours, ot[0].key))
         parts: list[Part] = []
         have = Decimal(0)
@@ -626,9 +640,9 @@ def recommend(
             have += o.gpu_count * n
         if have >= gpus and len(parts) > 1 and tuple(p.offer.key for p in parts) not in singles:
             options.append(_option(parts, spec, cfg))
-        elif have < gpus and with_excluded:
+        elif have < gpus:
             for o, _ in group:
-                if not any(o.key in opt.keys for opt in options):
+                if o.key not in single_keys:
                     exclude(
                         Reason.COUNT,
                         o,

@@ -293,3 +293,25 @@ def test_best_only_ranking_agrees_with_the_full_ranking(market: MarketSnapshot) 
         assert not fast.excluded
         checked += full.best is not None
     assert checked > 50
+
+
+def test_marketplace_listings_are_never_combined_but_clouds_are() -> None:
+    def four(provider: str, n: int) -> MarketOffer:
+        return _offer(
+            key=f"{provider}/SE/4x-H100-m{n}/on_demand",
+            provider=provider,
+            region="SE",
+            instance_type=f"4x-H100-m{n}",
+            gpu_count=Decimal(4),
+            price_per_hour=Decimal(8 + n),
+            price_per_gpu_hour=Decimal(8 + n) / 4,
+            availability=Availability.AVAILABLE,
+            available_count=1,
+        )
+
+    vast = recommend(spec(gpus=8), MarketSnapshot([four("vast", 1), four("vast", 2)]), NOW)
+    assert not vast.options
+    assert {g.reason for g in vast.excluded} == {Reason.COUNT}
+    cloud = recommend(spec(gpus=8), MarketSnapshot([four("aws", 1), four("aws", 2)]), NOW)
+    (opt,) = cloud.options
+    assert [p.instances for p in opt.parts] == [1, 1] and opt.gpus == 8
