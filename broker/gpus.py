@@ -60,6 +60,7 @@ _ENTRIES: tuple[GpuModel, ...] = (
     # NVIDIA data centre
     GpuModel("B200", "B200", "NVIDIA", _G, 180),
     GpuModel("H200", "H200", "NVIDIA", _G, 141),
+    GpuModel("H200-NVL", "H200", "NVIDIA", _G, 141, "NVL"),
     GpuModel("GH200", "GH200", "NVIDIA", _G, 96),  # Lambda's gpu_1x_gh200 reports 98304 MiB
     # The provider did not say which H100; 80 GB is the least any H100 variant has.
     GpuModel("H100", "H100", "NVIDIA", _G, 80),
@@ -72,6 +73,9 @@ _ENTRIES: tuple[GpuModel, ...] = (
     GpuModel("L40", "L40", "NVIDIA", _G, 48),
     GpuModel("L4", "L4", "NVIDIA", _G, 24),
     GpuModel("A40", "A40", "NVIDIA", _G, 48),
+    GpuModel("A800", "A800", "NVIDIA", _G, 80),  # export variant of the A100 80 GB
+    GpuModel("A30", "A30", "NVIDIA", _G, 24),
+    GpuModel("A16", "A16", "NVIDIA", _G, 16),  # per GPU; an A16 board carries four
     GpuModel("A10", "A10", "NVIDIA", _G, 24),
     GpuModel("A10G", "A10G", "NVIDIA", _G, 24),
     GpuModel("T4", "T4", "NVIDIA", _G, 16),
@@ -86,6 +90,7 @@ _ENTRIES: tuple[GpuModel, ...] = (
     GpuModel("M60", "M60", "NVIDIA", _G, 8),  # per GPU; AWS g3 reports 8192 MiB
     # NVIDIA workstation
     GpuModel("RTXPRO6000WS", "RTXPRO6000", "NVIDIA", _G, 96),  # RTX PRO 6000 Blackwell WS
+    GpuModel("RTXPRO6000S", "RTXPRO6000", "NVIDIA", _G, 96),  # Server Edition
     GpuModel("RTX6000-Ada", "RTX6000-Ada", "NVIDIA", _G, 48),
     GpuModel("RTX5880-Ada", "RTX5880-Ada", "NVIDIA", _G, 48),
     GpuModel("RTX4000-Ada", "RTX4000-Ada", "NVIDIA", _G, 20),
@@ -97,15 +102,26 @@ _ENTRIES: tuple[GpuModel, ...] = (
     # NVIDIA consumer
     GpuModel("RTX5090", "RTX5090", "NVIDIA", _G, 32),
     GpuModel("RTX5070", "RTX5070", "NVIDIA", _G, 12),
+    GpuModel("RTX5080", "RTX5080", "NVIDIA", _G, 16),
+    GpuModel("RTX5070Ti", "RTX5070Ti", "NVIDIA", _G, 16),
     GpuModel("RTX4090", "RTX4090", "NVIDIA", _G, 24),
+    GpuModel("RTX4090D", "RTX4090D", "NVIDIA", _G, 24),
+    GpuModel("RTX4080", "RTX4080", "NVIDIA", _G, 16),
+    GpuModel("RTX4080S", "RTX4080S", "NVIDIA", _G, 16),
+    GpuModel("RTX4070Ti", "RTX4070Ti", "NVIDIA", _G, 12),
     GpuModel("RTX4070", "RTX4070", "NVIDIA", _G, 12),
     GpuModel("RTX4060", "RTX4060", "NVIDIA", _G, 8),
     GpuModel("RTX3090", "RTX3090", "NVIDIA", _G, 24),
+    GpuModel("RTX3090Ti", "RTX3090Ti", "NVIDIA", _G, 24),
+    GpuModel("RTX3080Ti", "RTX3080Ti", "NVIDIA", _G, 12),
     GpuModel("RTX3080", "RTX3080", "NVIDIA", _G, 10),
     GpuModel("RTX3070", "RTX3070", "NVIDIA", _G, 8),
     GpuModel("RTX3060", "RTX3060", "NVIDIA", _G, 12),
     # AMD
     GpuModel("MI300X", "MI300X", "AMD", _G, 192),
+    GpuModel("MI250X", "MI250X", "AMD", _G, 128),  # per OAM module (two dies)
+    GpuModel("MI210", "MI210", "AMD", _G, 64),
+    GpuModel("MI100", "MI100", "AMD", _G, 32),
     GpuModel("MI25", "MI25", "AMD", _G, 16),
     GpuModel("V520", "V520", "AMD", _G, 8),  # Radeon Pro V520 (AWS g4ad)
     # Google TPU generations, HBM per chip (cloud.google.com/tpu/docs/v2 ... /v6e)
@@ -163,9 +179,15 @@ _ALIASES: dict[str, str] = {
     "h100nvl": "H100-NVL",
     "h10080gb": "H100",  # GCP accelerator type nvidia-h100-80gb; refined by provider
     "h200sxm": "H200",
+    "h200nvl": "H200-NVL",  # Vast "H200_NVL"
     # A100 and V100: memory-stating names are explicit; the others are refined by memory.
     "a10040gb": "A100",
     "a100sxm4": "A100",  # Vast's unreduced names
+    "a100sxm": "A100",
+    "a800pcie": "A800",
+    "gh200sxm": "GH200",
+    "qrtx6000": "RTX6000",  # Vast "Q_RTX_6000": the Quadro RTX 6000
+    "rtxpro6000": "RTXPRO6000WS",  # Vast's plain "RTX_PRO_6000" is the workstation card
     "a100pcie": "A100",
     "a10080gb": "A100-80GB",
     "a10080gbsxm": "A100-80GB",  # RunPod; form factor is not tracked for A100
@@ -197,6 +219,7 @@ for _m in _ENTRIES:
 _MEMORY_AMBIGUOUS: dict[str, tuple[str, ...]] = {
     "a100": ("A100", "A100-80GB"),
     "a100sxm4": ("A100", "A100-80GB"),
+    "a100sxm": ("A100", "A100-80GB"),
     "a100pcie": ("A100", "A100-80GB"),
     "v100": ("V100", "V100-32GB"),
 }

@@ -164,7 +164,9 @@ def test_h100_form_factors_and_memory() -> None:
         "H100-NVL": "NVL",
     }
     assert h100["H100-NVL"].memory_gb == 94
-    assert {m.form_factor for m in gpus.CATALOGUE.values() if m.family != "H100"} == {None}
+    others = {m.name: m.form_factor for m in gpus.CATALOGUE.values() if m.family != "H100"}
+    assert {n for n, f in others.items() if f is not None} == {"H200-NVL"}
+    assert others["H200-NVL"] == "NVL" and others["H200"] is None
 
 
 @pytest.mark.parametrize(
