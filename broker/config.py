@@ -95,6 +95,11 @@ class GcpSettings(ClientSettings):
     #: Cloud Billing Catalog endpoint override and optional API key for it.
     billing_endpoint: str | None = None
     billing_api_key: SecretStr | None = None
+    #: `filter` of machineTypes.aggregatedList (RE2 on the name): the accelerator-optimised
+    #: families (a2, a3, a4, g2, ...). Empty = every machine type (many more pages).
+    machine_type_filter: str = 'name eq "(a[0-9]+[a-z]*|g[0-9]+)-.*"'
+    #: Offer the N1-attachable GPUs (T4, V100, P100, P4) priced per GPU, host not included.
+    attachable_gpus: bool = True
 
     _split = field_validator("regions", mode="before")(_split_list)
 
@@ -127,6 +132,10 @@ class LambdaCloudSettings(ApiKeySettings):
 
 class RunpodSettings(ApiKeySettings):
     base_url: str = "https://api.runpod.io"
+    #: Data centre ids to poll (`EU-RO-1,US-TX-3`); None = every one the API lists.
+    data_centers: CsvList = None
+
+    _split = field_validator("data_centers", mode="before")(_split_list)
 
 
 class VastSettings(ApiKeySettings):
@@ -174,6 +183,9 @@ class Settings(BaseSettings):
     #: An offer not seen by a successful poll of its scope for this long is stale: shown only
     #: with --include-stale. Must exceed the longest poll interval.
     stale_after_minutes: int = Field(default=120, gt=0)
+    #: Seconds between two polls of each enabled provider by `broker serve`'s embedded
+    #: scheduler (`workers/embedded.py`); keep it below the stale TTL.
+    poll_interval_s: int = Field(default=300, gt=0)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     aws: AwsSettings = Field(default_factory=AwsSettings)

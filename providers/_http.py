@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -94,7 +95,8 @@ class JsonApi:
         self.secrets = tuple(s for s in secrets if s)
         self.sleep = sleep
         self.backoff_base_s = backoff_base_s
-        self.calls = 0
+        self.calls = 0  # HTTP requests sent (thread-safe: adapters fan out on a pool)
+        self._calls_lock = threading.Lock()
         self.client = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Accept": "application/json", **(headers or {})},
@@ -165,7 +167,8 @@ class JsonApi:
         headers: Mapping[str, str] | None,
         label: str,
     ) -> Any:
-        self.calls += 1
+        with self._calls_lock:
+            self.calls += 1
         try:
             response = self.client.request(
                 method, path, params=params, json=json_body, headers=headers
