@@ -93,7 +93,9 @@ _ENTRIES: tuple[GpuModel, ...] = (
     GpuModel("RTXPRO6000S", "RTXPRO6000", "NVIDIA", _G, 96),  # Server Edition
     GpuModel("RTX6000-Ada", "RTX6000-Ada", "NVIDIA", _G, 48),
     GpuModel("RTX5880-Ada", "RTX5880-Ada", "NVIDIA", _G, 48),
+    GpuModel("RTX5000-Ada", "RTX5000-Ada", "NVIDIA", _G, 32),
     GpuModel("RTX4000-Ada", "RTX4000-Ada", "NVIDIA", _G, 20),
+    GpuModel("RTX2000-Ada", "RTX2000-Ada", "NVIDIA", _G, 16),
     GpuModel("RTXA6000", "RTXA6000", "NVIDIA", _G, 48),
     GpuModel("RTXA5000", "RTXA5000", "NVIDIA", _G, 24),
     GpuModel("RTXA4500", "RTXA4500", "NVIDIA", _G, 20),
@@ -201,6 +203,14 @@ _ALIASES: dict[str, str] = {
     "rtx6000adageneration": "RTX6000-Ada",
     "rtx5880adageneration": "RTX5880-Ada",
     "rtx4000adageneration": "RTX4000-Ada",
+    "rtx4000sffada": "RTX4000-Ada",  # RunPod "RTX 4000 SFF Ada" (same chip and memory)
+    "rtx4000sffadageneration": "RTX4000-Ada",
+    "rtx5000adageneration": "RTX5000-Ada",
+    "rtx2000adageneration": "RTX2000-Ada",
+    "rtx4080super": "RTX4080S",
+    "v100fhhl": "V100",  # RunPod ids (runpod/docs references/gpu-types.mdx)
+    "v100sxm216gb": "V100",
+    "v100sxm232gb": "V100-32GB",
     "rtxpro6000blackwellworkstationedition": "RTXPRO6000WS",
     "p100pcie16gb": "P100",  # Scaleway GpuInfo "Tesla P100-PCIE-16GB"
     "prov520": "V520",  # AWS "Radeon Pro V520"
