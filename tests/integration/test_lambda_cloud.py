@@ -215,6 +215,8 @@ def test_every_real_lambda_type_maps_to_its_gpu(fake_http: FakeHttpServer) -> No
         ("gpu_1x_gh200", "GH200 (96 GB)", "GH200", 96),
         ("gpu_8x_b200_sxm6", "B200 (180 GB SXM6)", "B200", 180),
         ("gpu_1x_h100_nvl", "H100 (94 GB NVL)", "H100-NVL", 94),
+        # NVL is a different product: never dropped to the plain model.
+        ("gpu_8x_h200_nvl", "H200 (141 GB NVL)", "H200-NVL", 141),
         # No description: the type name's model words.
         ("gpu_8x_a100_80gb_sxm4", None, "A100-80GB", None),
         ("gpu_2x_h100_sxm5", None, "H100-SXM", None),
@@ -232,8 +234,6 @@ def test_gpu_description_mapping(
 @pytest.mark.parametrize(
     ("instance_type", "description"),
     [
-        # NVL is a different product: never dropped to the plain model.
-        ("gpu_8x_h200_nvl", "H200 (141 GB NVL)"),
         ("gpu_1x_mystery", "Mystery (12 GB)"),
         ("gpu_8x_v100_n", None),
     ],
