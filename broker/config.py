@@ -98,8 +98,10 @@ class GcpSettings(ClientSettings):
     #: `filter` of machineTypes.aggregatedList (RE2 on the name): the accelerator-optimised
     #: families (a2, a3, a4, g2, ...). Empty = every machine type (many more pages).
     machine_type_filter: str = 'name eq "(a[0-9]+[a-z]*|g[0-9]+)-.*"'
-    #: Offer the N1-attachable GPUs (T4, V100, P100, P4) priced per GPU, host not included.
-    attachable_gpus: bool = True
+    #: Also offer the N1-attachable GPUs (T4, V100, P100, P4), priced per GPU with the host
+    #: NOT included: off by default, so every GCP price is a whole machine's, comparable
+    #: with other clouds'.
+    attachable_gpus: bool = False
 
     _split = field_validator("regions", mode="before")(_split_list)
 

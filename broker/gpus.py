@@ -182,6 +182,7 @@ _ALIASES: dict[str, str] = {
     "h10080gb": "H100",  # GCP accelerator type nvidia-h100-80gb; refined by provider
     "h200sxm": "H200",
     "h200nvl": "H200-NVL",  # Vast "H200_NVL"
+    "h200141gb": "H200",  # GCP accelerator type nvidia-h200-141gb (A3 Ultra)
     # A100 and V100: memory-stating names are explicit; the others are refined by memory.
     "a10040gb": "A100",
     "a100sxm4": "A100",  # Vast's unreduced names
@@ -348,6 +349,8 @@ def normalise(
         # AWS names both generations "Inferentia"; Inf2 carries Inferentia2
         # (awsdocs-neuron: "At the heart of each Inf2 instance are up to twelve Inferentia2").
         canonical = "Inferentia2"
+    elif canonical == "RTXPRO6000WS" and provider == "gcp":
+        canonical = "RTXPRO6000S"  # GCP's G4 machines carry the Server Edition
     elif cleaned in _MEMORY_AMBIGUOUS and memory_mib is not None and memory_mib > 0:
         canonical = _by_memory(_MEMORY_AMBIGUOUS[cleaned], memory_mib) or canonical
     return CATALOGUE[canonical]
