@@ -1,6 +1,11 @@
-"""Ingest benchmarks: `python bench/run.py` prints the figures and writes BENCHMARKS.md.
+"""All benchmarks: `python bench/run.py` prints the figures and writes BENCHMARKS.md.
 
-Cases, each on SQLite (a temp file) and PostgreSQL (a temp database, when reachable):
+Sections: ingest (below), scoring (`bench/scoring.py`: recommendations through the API,
+rescoring 1,000 requests) and one per provider adapter (`bench/adapter_*.py`: a full poll
+against its local fake). `--only ingest|scoring|adapters` runs one section (the others keep
+their last figures out of the file: it is rewritten whole).
+
+Ingest cases, each on SQLite (a temp file) and PostgreSQL (a temp database, when reachable):
 - the largest snapshot of `../shared/data/offers` (all its clouds): cold ingest into an empty
   store, then a re-poll of the same market with a few price changes;
 - a 100,000-offer market built by scaling real rows of that snapshot (every non-GCP row
@@ -182,6 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=3, metavar=("CASE", "FOLDER", "DB_URL"))
     parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    parser.add_argument("--only", choices=["ingest", "scoring", "adapters"])
     args = parser.parse_args()
     if args.worker:
         case, folder, url = args.worker
@@ -193,6 +199,20 @@ def main() -> None:
     snap = largest_snapshot()
     pg = _pg_url()
     results: list[tuple[str, str, dict[str, Any]]] = []
+    sections = {args.only} if args.only else {"ingest", "scoring", "adapters"}
+    scoring: dict[str, Any] | None = None
+    adapters: list[dict[str, Any]] = []
+    if "scoring" in sections:
+        scoring = run_module("bench.scoring", *([pg] if pg else []))
+        print(f"scoring: {json.dumps(scoring)}")
+    if "adapters" in sections:
+        for path in sorted((REPO / "bench").glob("adapter_*.py")):
+            figures = run_module(f"bench.{path.stem}")
+            adapters.append(figures)
+            print(f"{path.stem}: {json.dumps(figures)}")
+    if "ingest" not in sections:
+        write_markdown(Path(args.out), snap, results, scoring, adapters)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         scaled = Path(tmp) / snap.name
         k = build_scaled(snap, scaled, TARGET_OFFERS)
@@ -217,10 +237,32 @@ def main() -> None:
                     f"{r['repoll_ingest_s']:.3f}s ({r['repoll_events']} events), parse "
                     f"{r['parse_s']:.3f}s, peak {r['peak_rss_mb']:.0f} MB"
                 )
-    write_markdown(Path(args.out), snap, results)
+    write_markdown(Path(args.out), snap, results, scoring, adapters)
 
 
-def write_markdown(path: Path, snap: Path, results: list[tuple[str, str, dict[str, Any]]]) -> None:
+def run_module(module: str, *argv: str) -> dict[str, Any]:
+    """`python -m module argv...` in its own process; its last stdout line is JSON."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return {"module": module, "error": " | ".join(tail)}
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def write_markdown(
+    path: Path,
+    snap: Path,
+    results: list[tuple[str, str, dict[str, Any]]],
+    scoring: dict[str, Any] | None = None,
+    adapters: list[dict[str, Any]] | None = None,
+) -> None:
     lines = [
         "# Benchmarks",
         "",
@@ -261,9 +303,71 @@ def write_markdown(path: Path, snap: Path, results: list[tuple[str, str, dict[st
             f"{verdict}; re-poll ingest is {r['repoll_ingest_s'] / r['floor_s']:.1f}× the "
             f"parse floor (target 3×: {within})."
         )
+    lines += _scoring_lines(scoring) + _adapter_lines(adapters or [])
     lines.append("")
     path.write_text("\n".join(lines))
     print(f"wrote {path}")
+
+
+def _scoring_lines(r: dict[str, Any] | None) -> list[str]:
+    if not r:
+        return []
+    lines = ["", "## Scoring (issue 6)", ""]
+    if "error" in r:
+        return [*lines, f"Failed: {r['error']}"]
+    api = r["api_sqlite"]
+    lines += [
+        "Recommendations for one request (64 × H100 in nodes of 8, EU only, 4 weeks) over the",
+        f"real 2026-05-20 market through the API (uvicorn on 127.0.0.1, httpx keep-alive, "
+        f"{api['calls']} calls, SQLite): p50 {api['p50_ms']} ms, p99 {api['p99_ms']} ms "
+        f"({api['options']} options, {api['excluded_groups']} excluded groups). "
+        f"Target p99 < 50 ms: {'met' if api['p99_ms'] < 50 else 'NOT met'}.",
+        "",
+        "Rescoring after a full re-poll (real 2026-05-08T2152 market, then the real 2026-05-20",
+        "snapshot ingested; every open request whose GPU models the events touch is ranked",
+        "again and its best option compared):",
+        "",
+        "| backend | open requests | offers | market events | rescoring s | best changed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, key in (("SQLite", "rescoring_sqlite"), ("PostgreSQL", "rescoring_postgresql")):
+        if key in r:
+            x = r[key]
+            lines.append(
+                f"| {name} | {x['requests']} | {x['offers_after']} | {x['market_events']} "
+                f"| {x['rescore_s']} | {x['best_option_changed']} |"
+            )
+    worst = max(r[k]["rescore_s"] for k in r if k.startswith("rescoring_"))
+    lines += ["", f"Target: 1,000 requests in < 2 s: {'met' if worst < 2 else 'NOT met'}."]
+    return lines
+
+
+def _adapter_lines(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Provider adapters (issues 4 and 5)",
+        "",
+        "A full poll of each adapter against its local fake (127.0.0.1) serving a realistic",
+        "catalogue for all regions; the fake adds a per-request latency where the adapter fans",
+        "out over regions, so the bounded pool can be compared with the slowest region",
+        "(target: full poll ≤ ~2× the slowest single region).",
+        "",
+        "| adapter | regions | offers | API calls | full poll s | slowest region s | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['module']} | failed: {r['error']} | | | | | |")
+            continue
+        slow = r.get("slowest_region_s")
+        ratio = f"{r['wall_s'] / slow:.2f}×" if slow else "n/a"
+        lines.append(
+            f"| {r.get('adapter')} | {r.get('regions', '')} | {r.get('offers', '')} "
+            f"| {r.get('api_calls', '')} | {r.get('wall_s', '')} | {slow or 'n/a'} | {ratio} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -27,10 +27,18 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from broker import db, gpus
+from broker import auth, db, gpus
 from broker.config import Settings, get_settings
 from broker.domain import Clock, Market, PollResult, ProviderStatus, utcnow
-from broker.offers import OUTPUT_FIELDS, OfferQuery, count_offers, list_offers
+from broker.offers import (
+    GROUP_FIELDS,
+    OUTPUT_FIELDS,
+    OfferQuery,
+    count_offers,
+    group_offers,
+    list_offers,
+)
+from broker.pipeline import after_ingest
 from broker.polling import poll_source, replay_results
 from providers import base as provider_base
 from providers import replay as replay_provider
@@ -192,7 +200,10 @@ def replay(
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     summary = replay_results(
-        engine, _snapshot_results(folders, state.clock, at_snapshot_times), clock=state.clock
+        engine,
+        _snapshot_results(folders, state.clock, at_snapshot_times),
+        clock=state.clock,
+        after=lambda outcome: after_ingest(engine, outcome, state.settings, state.clock),
     )
     out = summary.as_dict()
     if as_json:
@@ -271,6 +282,7 @@ def poll(
     for name, source in built.items():
         with err.status(f"polling {name}…", spinner="dots") if err.is_terminal else nullcontext():
             outcome = poll_source(engine, source, clock=state.clock)
+        after_ingest(engine, outcome, state.settings, state.clock)
         events.update(outcome.events)
         report[name] = {
             "status": str(outcome.status),
@@ -364,6 +376,53 @@ def _render_table(rows: list[dict[str, Any]], total: int, now: datetime) -> None
         )
 
 
+def _print_groups(groups: list[dict[str, Any]], fmt: OutputFormat, limit: int) -> None:
+    shown = groups[:limit] if limit else groups
+    if fmt == OutputFormat.JSON:
+        typer.echo(json.dumps([{f: _jsonable(g[f]) for f in GROUP_FIELDS} for g in shown]))
+        return
+    if fmt == OutputFormat.CSV:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(GROUP_FIELDS)
+        for g in shown:
+            writer.writerow(
+                [
+                    " ".join(g[f]) if f == "regions" else "" if g[f] is None else _jsonable(g[f])
+                    for f in GROUP_FIELDS
+                ]
+            )
+        return
+    console = Console() if sys.stdout.isatty() else Console(width=220)
+    table = Table(header_style="bold")
+    for title, justify in (
+        ("provider", "left"),
+        ("gpu", "left"),
+        ("×", "right"),
+        ("country", "left"),
+        ("market", "left"),
+        ("offers", "right"),
+        ("available", "right"),
+        ("min $/GPU-h", "right"),
+        ("median $/GPU-h", "right"),
+    ):
+        table.add_column(title, justify=justify)  # type: ignore[arg-type]
+    for g in shown:
+        table.add_row(
+            g["provider"],
+            g["gpu_model"],
+            _fmt_num(g["gpu_count"], 3),
+            g["country"] or "?",
+            g["market"],
+            str(g["offers"]),
+            str(g["available"]),
+            _fmt_num(g["min_price_per_gpu_hour"]),
+            _fmt_num(g["median_price_per_gpu_hour"]),
+        )
+    console.print(table)
+    if len(groups) > len(shown):
+        console.print(f"showing {len(shown)} of {len(groups)} groups (--limit 0 shows all)")
+
+
 @app.command()
 def offers(
     ctx: typer.Context,
@@ -413,6 +472,14 @@ def offers(
             help="At most N offers (default: 50 in a table, all otherwise; 0 = all).", min=0
         ),
     ] = None,
+    group: Annotated[
+        bool,
+        typer.Option(
+            "--group",
+            help="One row per provider, GPU model, GPUs per instance, country and market "
+            "(count, available, cheapest and median $/GPU-h): folds marketplace listings.",
+        ),
+    ] = False,
 ) -> None:
     """List current offers, cheapest per GPU-hour first."""
     state = _state(ctx)
@@ -448,6 +515,9 @@ def offers(
             if include_stale
             else count_offers(session, now=now, stale_after=stale_after, stale=True)
         )
+    if group:
+        _print_groups(group_offers(rows), fmt, limit)
+        return
     total = len(rows)
     shown = rows[:limit] if limit else rows
     if fmt == OutputFormat.JSON:
@@ -465,6 +535,145 @@ def offers(
                 "hidden (--include-stale shows them)",
                 highlight=False,
             )
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    no_scheduler: Annotated[
+        bool,
+        typer.Option(
+            "--no-scheduler",
+            help="Serve the API only; do not poll providers in this process.",
+        ),
+    ] = False,
+) -> None:
+    """Serve the REST API (docs at /docs) and poll every enabled provider in-process."""
+    import uvicorn
+
+    from broker.api.app import create_app
+    from workers.embedded import EmbeddedPoller
+
+    state = _state(ctx)
+    engine = _ready_engine(state)
+    api = create_app(state.settings, engine, state.clock)
+    poller = None
+    if not no_scheduler:
+        poller = EmbeddedPoller(engine, state.settings, state.clock)
+        poller.start()
+        polled = ", ".join(poller.providers) or "none enabled"
+        err.print(f"polling every {state.settings.poll_interval_s}s: {polled}", highlight=False)
+    err.print(f"serving http://{host}:{port} (API docs at /docs)", highlight=False)
+    try:
+        uvicorn.run(
+            api,
+            host=host,
+            port=port,
+            log_level=state.settings.log_level.lower(),
+            server_header=False,
+        )
+    finally:
+        if poller is not None:
+            poller.shutdown()
+
+
+# -------------------------------------------------------------------------- apikey
+
+apikey_app = typer.Typer(help="API keys of the REST API (shown once, stored hashed).")
+app.add_typer(apikey_app, name="apikey", no_args_is_help=True)
+
+
+@apikey_app.command("create")
+def apikey_create(
+    ctx: typer.Context,
+    team: Annotated[str, typer.Option(help="Team the key acts for (created if missing).")],
+    role: Annotated[
+        auth.Role, typer.Option(help="viewer: read; member: read and write; admin: all.")
+    ] = auth.Role.MEMBER,
+    name: Annotated[
+        str | None, typer.Option(help="A label to recognise the key by.", show_default=False)
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"key", "team", "role"} as JSON.')
+    ] = False,
+) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+    state = _state(ctx)
+    engine = _ready_engine(state)
+    try:
+        with db.session_scope(engine) as session:
+            created = auth.create_api_key(session, team, role, name=name, clock=state.clock)
+    except auth.AuthError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(
+            json.dumps({"key": created.key, "team": created.team, "role": created.role.value})
+        )
+        return
+    typer.echo(created.key)
+    err.print(
+        f"API key {created.prefix}… for team {created.team!r} (role {created.role.value}). "
+        "It is shown only this once: store it now.",
+        highlight=False,
+    )
+
+
+@apikey_app.command("list")
+def apikey_list(
+    ctx: typer.Context,
+    team: Annotated[
+        str | None, typer.Option(help="Only this team's keys.", show_default=False)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """List API keys by prefix (never the keys themselves)."""
+    state = _state(ctx)
+    engine = _ready_engine(state)
+    with Session(engine) as session:
+        rows = auth.list_api_keys(session, team)
+    if as_json:
+        typer.echo(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows]))
+        return
+    now = state.clock()
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    table = Table(header_style="bold")
+    for title in ("prefix", "team", "role", "name", "created", "last used", "revoked"):
+        table.add_column(title)
+    for r in rows:
+        table.add_row(
+            r["prefix"],
+            r["team"],
+            r["role"],
+            r["name"] or "",
+            _age(r["created_at"], now),
+            _age(r["last_used_at"], now) if r["last_used_at"] else "never",
+            _age(r["revoked_at"], now) if r["revoked_at"] else "",
+        )
+    console.print(table)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    ctx: typer.Context,
+    prefix: Annotated[str, typer.Argument(help="The key's prefix, as `broker apikey list` shows.")],
+) -> None:
+    """Revoke an API key: requests with it get 401 from now on."""
+    state = _state(ctx)
+    engine = _ready_engine(state)
+    try:
+        with db.session_scope(engine) as session:
+            row, now_revoked = auth.revoke_api_key(session, prefix, clock=state.clock)
+    except auth.AuthError as exc:
+        raise fail(str(exc)) from None
+    if now_revoked:
+        typer.echo(f"revoked {row.prefix}")
+    else:
+        typer.echo(f"{row.prefix} was already revoked")
 
 
 def main() -> None:

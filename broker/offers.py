@@ -27,6 +27,7 @@ from sqlmodel import Session
 
 from broker.domain import (
     OFFER_EVENT_TYPES,
+    PRICE_QUANTUM,
     Availability,
     Clock,
     EventType,
@@ -583,11 +584,13 @@ def list_offers(
     now: datetime,
     stale_after: timedelta,
     limit: int | None = None,
+    after: tuple[Decimal, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Current (not withdrawn) offers matching `query`, cheapest per GPU-hour first.
 
     Each is a dict of `OUTPUT_FIELDS` with Python values (Decimal, datetime); `stale` is
-    `last_seen < now - stale_after`.
+    `last_seen < now - stale_after`. `after` = (price_per_gpu_hour, key) of the last offer
+    of a previous page: only offers after it in this order (keyset pagination).
     """
     c = OFFERS.c
     cutoff = now - stale_after
@@ -609,6 +612,14 @@ def list_offers(
         conds.append(c.price_per_gpu_hour <= query.max_price_per_gpu_hour)
     if not query.include_stale:
         conds.append(c.last_seen >= cutoff)
+    if after is not None:
+        price, key = after
+        conds.append(
+            or_(
+                c.price_per_gpu_hour > price,
+                and_(c.price_per_gpu_hour == price, c.key > key),
+            )
+        )
     cols = [getattr(c, f) for f in OUTPUT_FIELDS if f != "stale"]
     stmt = select(*cols).where(*conds).order_by(c.price_per_gpu_hour, c.key)
     if limit is not None:
@@ -641,3 +652,59 @@ def count_offers(
 def empty_event_counts() -> dict[str, int]:
     """The four offer event types at zero, in summary order."""
     return {str(t): 0 for t in OFFER_EVENT_TYPES}
+
+
+#: Columns of `group_offers` rows (`broker offers --group`).
+GROUP_FIELDS = (
+    "provider",
+    "gpu_model",
+    "gpu_count",
+    "country",
+    "jurisdiction",
+    "market",
+    "offers",
+    "available",
+    "min_price_per_gpu_hour",
+    "median_price_per_gpu_hour",
+    "regions",
+)
+
+
+def group_offers(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Offers (as `list_offers` returns them) grouped by provider, GPU model, GPUs per
+    instance, country and market: a marketplace's thousands of per-machine listings (Vast)
+    become one row per kind with how many there are, how many are available (the sum of
+    the stated counts; listings without a count count once when available) and the
+    cheapest and median price per GPU-hour. Cheapest group first."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        key = (r["provider"], r["gpu_model"], r["gpu_count"], r["country"], r["market"])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (provider, model, count, country, market), members in groups.items():
+        prices = sorted(m["price_per_gpu_hour"] for m in members)
+        mid = len(prices) // 2
+        median = prices[mid] if len(prices) % 2 else (prices[mid - 1] + prices[mid]) / 2
+        available = sum(
+            m["available_count"]
+            if m["available_count"] is not None
+            else int(m["availability"] in ("available", "limited"))
+            for m in members
+        )
+        out.append(
+            {
+                "provider": provider,
+                "gpu_model": model,
+                "gpu_count": count,
+                "country": country,
+                "jurisdiction": members[0]["jurisdiction"],
+                "market": market,
+                "offers": len(members),
+                "available": available,
+                "min_price_per_gpu_hour": prices[0],
+                "median_price_per_gpu_hour": median.quantize(PRICE_QUANTUM),
+                "regions": sorted({m["region"] for m in members}),
+            }
+        )
+    out.sort(key=lambda g: (g["min_price_per_gpu_hour"], g["provider"], g["gpu_model"]))
+    return out

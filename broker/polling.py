@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -84,16 +84,19 @@ def replay_results(
     *,
     clock: Clock = utcnow,
     source: str = "replay",
+    after: Callable[[IngestResult], object] | None = None,
 ) -> ReplaySummary:
     """Ingest recorded polls in order, each in its own transaction, as successive polls.
 
     `results` is consumed lazily (label, PollResult) so a long replay holds one snapshot
-    in memory at a time.
+    in memory at a time. `after` runs after each committed ingest (the event pipeline).
     """
     summary = ReplaySummary()
     for label, result in results:
         with session_scope(engine) as session:
             outcome = ingest_poll(session, result, source=source, label=label, clock=clock)
+        if after is not None:
+            after(outcome)
         summary.snapshots += 1
         summary.events.update(outcome.events)
         summary.skipped.update(result.skipped)

@@ -106,6 +106,23 @@ def test_replay_then_offers_from_a_fresh_database(
     rendered = run(env, *args, "--format", "table").stdout
     assert "$/GPU-h" in rendered and rows[0]["instance_type"] in rendered
 
+    # --group folds listings: every offer in exactly one group, the group's cheapest is the
+    # cheapest of its members (computed here from the ungrouped rows).
+    vast = json.loads(run(env, "offers", "--provider", "vast", "--format", "json").stdout)
+    groups = json.loads(
+        run(env, "offers", "--provider", "vast", "--group", "--format", "json").stdout
+    )
+    assert vast and sum(g["offers"] for g in groups) == len(vast)
+    for g in groups:
+        members = [
+            r
+            for r in vast
+            if (r["gpu_model"], r["gpu_count"], r["country"], r["market"])
+            == (g["gpu_model"], g["gpu_count"], g["country"], g["market"])
+        ]
+        assert len(members) == g["offers"]
+        assert g["min_price_per_gpu_hour"] == min(r["price_per_gpu_hour"] for r in members)
+
 
 def test_bad_gpu_name_gets_a_hint(env: dict[str, str]) -> None:
     run(env, "db", "upgrade")

@@ -1,0 +1,91 @@
+"""Cursor pagination for every list: `?limit=` (1..500, default 50) and `?cursor=`.
+
+A cursor is opaque to clients: base64url (unpadded) of a small JSON array holding the sort
+key and id of the last item of the page, tagged with the list it belongs to, so a cursor of
+one list is refused by another. A list answers `{"data": [...], "next_cursor": str | null}`;
+`next_cursor` is null on the last page. Keyset, not offset: a page costs the same wherever
+it is, and a row inserted meanwhile never shifts the next page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel, Field
+
+from broker.api.errors import ApiError
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+MAX_CURSOR_LEN = 2048
+#: Ids are 64-bit signed on PostgreSQL and SQLite.
+MAX_ID = 2**63 - 1
+
+LimitQuery = Annotated[
+    int,
+    Query(ge=1, le=MAX_LIMIT, description=f"Items per page (1..{MAX_LIMIT})."),
+]
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_CURSOR_LEN,
+        description="`next_cursor` of the previous page; omit for the first page.",
+    ),
+]
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list."""
+
+    data: list[T]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+def encode_cursor(kind: str, *key: str | int) -> str:
+    raw = json.dumps([kind, *key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def invalid_cursor(reason: str = "it was not issued by this list") -> ApiError:
+    return ApiError(
+        400,
+        "invalid_cursor",
+        f"invalid cursor: {reason}; pass the next_cursor of the previous page unchanged, "
+        "or omit cursor to start again",
+    )
+
+
+def decode_cursor(cursor: str, kind: str, types: Sequence[type]) -> list[Any]:
+    """The key a cursor of list `kind` holds, checked against `types` (str or int).
+
+    Raises:
+        ApiError: 400 `invalid_cursor` for anything this module did not issue.
+    """
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True)
+        value = json.loads(raw)
+    except (ValueError, UnicodeError, binascii.Error):
+        raise invalid_cursor("it is not a cursor") from None
+    if (
+        not isinstance(value, list)
+        or len(value) != len(types) + 1
+        or value[0] != kind
+        or not all(
+            isinstance(v, t) and not isinstance(v, bool)
+            for v, t in zip(value[1:], types, strict=True)
+        )
+    ):
+        raise invalid_cursor()
+    if any(isinstance(v, int) and not 0 <= v <= MAX_ID for v in value[1:]):
+        raise invalid_cursor("it is out of range")
+    return value[1:]

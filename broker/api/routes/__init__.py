@@ -1,0 +1,1 @@
+"""One router per resource; `broker.api.app` includes them."""

@@ -1,0 +1,224 @@
+"""`/v1/offers`: the current market (the filters of `broker offers`), one offer, its history."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from sqlalchemy import and_, or_, select
+from sqlmodel import col
+
+from broker import gpus
+from broker.api.deps import ClockDep, SessionDep, SettingsDep
+from broker.api.errors import invalid, not_found
+from broker.api.pagination import (
+    DEFAULT_LIMIT,
+    CursorQuery,
+    LimitQuery,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+)
+from broker.api.schemas import ObservationPublic, OfferDetail, OfferPublic
+from broker.domain import PRICE_QUANTUM, Market
+from broker.models import Observation, StoredOffer
+from broker.offers import OUTPUT_FIELDS, OfferQuery
+from broker.offers import list_offers as query_offers
+
+router = APIRouter(prefix="/offers", tags=["offers"])
+
+MAX_FILTER_LEN = 128
+#: The price part of an offers cursor, as `str(Decimal)` of a stored price writes it.
+_PRICE_TEXT = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,12})?")
+MAX_PRICE = Decimal(10**6)
+MAX_GPUS = Decimal(10**6)
+
+
+def _values(name: str, raw: list[str] | None) -> tuple[str, ...]:
+    """A repeatable filter, each value possibly a comma-separated list; blanks dropped."""
+    out: list[str] = []
+    for item in raw or ():
+        for part in item.split(","):
+            part = part.strip()
+            if len(part) > MAX_FILTER_LEN:
+                raise invalid(name, f"a value is longer than {MAX_FILTER_LEN} characters")
+            if part:
+                out.append(part)
+    return tuple(dict.fromkeys(out))
+
+
+def _gpu_models(values: tuple[str, ...]) -> frozenset[str] | None:
+    if not values:
+        return None
+    models: set[str] = set()
+    for value in values:
+        try:
+            models |= gpus.resolve_query(value)
+        except gpus.UnknownGpu as exc:
+            raise invalid(
+                "gpu", str(exc), value=value, known_models=sorted(gpus.CATALOGUE)
+            ) from None
+    return frozenset(models)
+
+
+def _markets(values: tuple[str, ...]) -> tuple[Market, ...]:
+    valid = [m.value for m in Market]
+    bad = [v for v in values if v not in valid]
+    if bad:
+        raise invalid(
+            "market", f"unknown market {', '.join(bad)}; markets: {', '.join(valid)}", valid=valid
+        )
+    return tuple(Market(v) for v in values)
+
+
+def _filter_query(description: str) -> Any:
+    return Query(description=description + " Repeatable, or comma-separated.")
+
+
+@router.get("", response_model=Page[OfferPublic])
+def list_offers(
+    session: SessionDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    gpu: Annotated[
+        list[str] | None,
+        _filter_query("GPU model or family (H100 covers H100-SXM, -PCIe, -NVL...)."),
+    ] = None,
+    min_gpus: Annotated[
+        Decimal | None, Query(ge=0, le=MAX_GPUS, description="Minimum accelerators per instance.")
+    ] = None,
+    provider: Annotated[list[str] | None, _filter_query("Provider id.")] = None,
+    region: Annotated[list[str] | None, _filter_query("Provider region.")] = None,
+    country: Annotated[list[str] | None, _filter_query("ISO country code.")] = None,
+    jurisdiction: Annotated[
+        list[str] | None, _filter_query("EU (EU/EEA) or an ISO country code.")
+    ] = None,
+    market: Annotated[
+        list[str] | None, _filter_query("on_demand, spot, capacity_block or reserved.")
+    ] = None,
+    max_price_per_gpu_hour: Annotated[
+        Decimal | None, Query(ge=0, le=MAX_PRICE, description="Maximum USD per GPU-hour.")
+    ] = None,
+    include_stale: Annotated[
+        bool, Query(description="Also offers whose data is older than the stale TTL.")
+    ] = False,
+    sort: Annotated[
+        Literal["price"], Query(description="price: USD per GPU-hour, then key.")
+    ] = "price",
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> dict[str, Any]:
+    """Current offers matching every filter given, cheapest per GPU-hour first."""
+    query = OfferQuery(
+        gpu_models=_gpu_models(_values("gpu", gpu)),
+        min_gpus=min_gpus,
+        providers=_values("provider", provider),
+        regions=_values("region", region),
+        countries=_values("country", country),
+        jurisdictions=_values("jurisdiction", jurisdiction),
+        markets=_markets(_values("market", market)),
+        max_price_per_gpu_hour=max_price_per_gpu_hour,
+        include_stale=include_stale,
+    )
+    after: tuple[Decimal, str] | None = None
+    if cursor is not None:
+        price_text, key = decode_cursor(cursor, "offers", (str, str))
+        if not _PRICE_TEXT.fullmatch(price_text):
+            raise invalid_cursor()
+        price = Decimal(price_text)
+        after = (price, key)
+    rows = query_offers(
+        session,
+        query,
+        now=clock(),
+        stale_after=timedelta(minutes=settings.stale_after_minutes),
+        limit=limit + 1,
+        after=after,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more:
+        last = rows[-1]
+        next_cursor = encode_cursor("offers", str(last["price_per_gpu_hour"]), last["key"])
+    return {"data": rows, "next_cursor": next_cursor}
+
+
+def _load(session: SessionDep, key: str) -> StoredOffer:
+    row: StoredOffer | None = session.execute(
+        select(StoredOffer).where(col(StoredOffer.key) == key)
+    ).scalar_one_or_none()
+    if row is None:
+        raise not_found(f"no offer with key {key[:300]!r}")
+    return row
+
+
+@router.get("/{key:path}/history", response_model=Page[ObservationPublic])
+def offer_history(
+    key: str,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> dict[str, Any]:
+    """The offer's price and availability change points, oldest first."""
+    offer = _load(session, key)
+    o = Observation
+    stmt = select(o).where(col(o.offer_id) == offer.id)
+    if cursor is not None:
+        at_text, last_id = decode_cursor(cursor, "history", (str, int))
+        try:
+            at = datetime.fromisoformat(at_text)
+            if at.tzinfo is None:
+                raise ValueError("naive")
+            at = at.astimezone(UTC)
+        except (ValueError, OverflowError):
+            raise invalid_cursor() from None
+        stmt = stmt.where(or_(col(o.at) > at, and_(col(o.at) == at, col(o.id) > last_id)))
+    rows = session.execute(stmt.order_by(col(o.at), col(o.id)).limit(limit + 1)).scalars().all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    data = [
+        {
+            "at": r.at,
+            "price_per_hour": r.price_per_hour,
+            "price_per_gpu_hour": (r.price_per_hour / offer.gpu_count).quantize(PRICE_QUANTUM)
+            if offer.gpu_count
+            else None,
+            "availability": r.availability,
+            "available_count": r.available_count,
+        }
+        for r in rows
+    ]
+    next_cursor = None
+    if more:
+        last = rows[-1]
+        assert last.id is not None
+        next_cursor = encode_cursor("history", last.at.isoformat(), last.id)
+    return {"data": data, "next_cursor": next_cursor}
+
+
+@router.get("/{key:path}", response_model=OfferDetail)
+def read_offer(
+    key: str, session: SessionDep, settings: SettingsDep, clock: ClockDep
+) -> dict[str, Any]:
+    """One offer by key (`provider/region[/zone]/instance_type/market`), also when withdrawn."""
+    row = _load(session, key)
+    cutoff = clock() - timedelta(minutes=settings.stale_after_minutes)
+    out = {f: getattr(row, f) for f in OUTPUT_FIELDS if f != "stale"}
+    out.update(
+        stale=row.last_seen < cutoff,
+        active=row.active,
+        withdrawn_at=row.withdrawn_at,
+        gpu_vendor=row.gpu_vendor,
+        form_factor=row.form_factor,
+        interconnect=row.interconnect,
+        offering_id=row.offering_id,
+        min_duration_hours=row.min_duration_hours,
+        max_duration_hours=row.max_duration_hours,
+        raw=row.raw,
+    )
+    return out
