@@ -79,8 +79,27 @@ class AwsSettings(ClientSettings):
     pricing_region: str = "us-east-1"
     #: Poll EC2 Capacity Blocks for ML offerings (one call per type and region).
     capacity_blocks: bool = True
+    #: Block lengths searched, in hours (AWS: 24-hour steps up to 14 days, then 7-day steps);
+    #: one DescribeCapacityBlockOfferings call per length, type and region.
+    capacity_block_hours: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [24], min_length=1
+    )
+    #: Instances per block searched (AWS: 1-64); offerings are for exactly this many.
+    capacity_block_instance_count: int = Field(default=1, ge=1, le=64)
+    #: `instance-type` filter of DescribeInstanceTypes: the accelerated families. Types
+    #: without GPU/Neuron/inference/FPGA devices are dropped client-side anyway; empty =
+    #: read every type (about ten times the pages).
+    instance_type_patterns: CsvList = Field(
+        default_factory=lambda: ["dl*", "f*", "g*", "inf*", "p*", "trn*"]
+    )
+    #: Read the account's vCPU quotas of the accelerated families (Service Quotas).
+    quotas: bool = True
+    #: Regions polled at once. EC2 throttles per region, so regions do not compete.
+    max_concurrency: int = Field(default=16, ge=1, le=64)
 
-    _split = field_validator("regions", mode="before")(_split_list)
+    _split = field_validator(
+        "regions", "instance_type_patterns", "capacity_block_hours", mode="before"
+    )(_split_list)
 
 
 class GcpSettings(ClientSettings):
@@ -117,6 +136,10 @@ class AzureSettings(ClientSettings):
     base_url: str | None = None
     #: The public, unauthenticated Retail Prices API.
     retail_prices_url: str = "https://prices.azure.com/api/retail/prices"
+    #: A location's complete price list is reused for this long (prices change rarely, and
+    #: one location's VM meters are several MB); 0 = read every poll. SKUs and quotas are
+    #: read every poll regardless.
+    prices_ttl_s: float = Field(default=3600.0, ge=0)
 
     _split = field_validator("regions", mode="before")(_split_list)
 
