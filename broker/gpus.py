@@ -138,9 +138,11 @@ _ENTRIES: tuple[GpuModel, ...] = (
     GpuModel("Inferentia", "Inferentia", "AWS", _X, 8),  # Inf1
     GpuModel("Inferentia2", "Inferentia", "AWS", _X, 32),  # Inf2
     GpuModel("Trainium", "Trainium", "AWS", _X, 32),  # Trn1, Trn1n
+    GpuModel("Trainium2", "Trainium", "AWS", _X, 96),  # Trn2 (96 GiB per chip, AWS docs)
     GpuModel("Gaudi", "Gaudi", "Intel", _X, 32),  # Habana Gaudi HL-205 (AWS dl1)
     GpuModel("AI100", "AI100", "Qualcomm", _X, None),  # Cloud AI 100 (AWS dl2q)
     GpuModel("VU9P", "VU9P", "Xilinx", _X, None),  # Virtex UltraScale+ FPGA (AWS f1)
+    GpuModel("VU47P", "VU47P", "Xilinx", _X, None),  # Virtex UltraScale+ FPGA (AWS f2)
 )
 
 CATALOGUE: Mapping[str, GpuModel] = MappingProxyType({m.name: m for m in _ENTRIES})
@@ -219,6 +221,8 @@ _ALIASES: dict[str, str] = {
     "gaudihl205": "Gaudi",  # AWS "Gaudi HL-205"
     "cloudai100": "AI100",
     "virtexultrascalevu9p": "VU9P",  # AWS "Virtex UltraScale (VU9P)"
+    "virtexultrascalevu47p": "VU47P",  # AWS "Virtex UltraScale+ (VU47P)"
+    "rtxproserver6000": "RTXPRO6000S",  # AWS g7e "RTX PRO Server 6000"
     "tpuv5litepod": "TPU-v5e",
 }
 for _m in _ENTRIES:
@@ -349,6 +353,8 @@ def normalise(
         # AWS names both generations "Inferentia"; Inf2 carries Inferentia2
         # (awsdocs-neuron: "At the heart of each Inf2 instance are up to twelve Inferentia2").
         canonical = "Inferentia2"
+    elif canonical == "Trainium" and provider == "aws" and it.startswith("trn2"):
+        canonical = "Trainium2"  # AWS may name both generations "Trainium"
     elif canonical == "RTXPRO6000WS" and provider == "gcp":
         canonical = "RTXPRO6000S"  # GCP's G4 machines carry the Server Edition
     elif cleaned in _MEMORY_AMBIGUOUS and memory_mib is not None and memory_mib > 0:

@@ -59,6 +59,12 @@ class FakeResponse:
 Answer = FakeResponse | Callable[[FakeRequest], FakeResponse]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    #: listen() backlog: adapters fan out 16+ connections at once; the default 5 resets some.
+    request_queue_size = 128
+
+
 class FakeHttpServer:
     """A threaded HTTP/1.1 server on 127.0.0.1:<free port>; use as a context manager."""
 
@@ -113,8 +119,7 @@ class FakeHttpServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(
