@@ -676,6 +676,64 @@ def apikey_revoke(
         typer.echo(f"{row.prefix} was already revoked")
 
 
+# ------------------------------------------------------------- worker / scheduler
+
+
+def _production(state: Any) -> str:
+    url: str | None = state.settings.redis_url
+    if not url:
+        raise fail(
+            "production mode needs BROKER_REDIS_URL (e.g. redis://127.0.0.1:6379/0); "
+            "without it `broker serve` runs everything in one process"
+        )
+    return url
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def worker(ctx: typer.Context) -> None:
+    """Run a Celery worker of the event pipeline (production mode; any number of them).
+
+    Extra arguments go to `celery worker` (e.g. `--concurrency 4 --loglevel INFO`)."""
+    state = _state(ctx)
+    url = _production(state)
+    _ready_engine(state)
+    from workers.celery_app import make_app
+
+    make_app(url).worker_main(["worker", *ctx.args])
+
+
+@app.command()
+def scheduler(
+    ctx: typer.Context,
+    lock_ttl_s: Annotated[
+        float, typer.Option(help="Leader lock TTL: a standby takes over this long after.")
+    ] = 15.0,
+) -> None:
+    """Schedule polls (production mode). Run two for failover: one leads, one waits."""
+    import signal
+
+    state = _state(ctx)
+    _production(state)
+    _ready_engine(state)
+    from workers.scheduler import LeaderScheduler, identity
+    from workers.tasks import poll as poll_task
+
+    def announce(role: str) -> None:
+        err.print(f"scheduler {identity()}: {role}", highlight=False)
+
+    runner = LeaderScheduler(
+        state.settings,
+        lambda name: poll_task.delay(name),
+        lock_ttl_s=lock_ttl_s,
+        on_change=announce,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    signal.signal(signal.SIGINT, lambda *_: runner.stop())
+    runner.run()
+
+
 def main() -> None:
     app()
 

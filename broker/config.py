@@ -211,6 +211,13 @@ class Settings(BaseSettings):
     #: Seconds between two polls of each enabled provider by `broker serve`'s embedded
     #: scheduler (`workers/embedded.py`); keep it below the stale TTL.
     poll_interval_s: int = Field(default=300, gt=0)
+    #: Production mode: Celery's broker (and the scheduler's leader lock) in Redis, e.g.
+    #: `redis://127.0.0.1:6379/0`. Unset = embedded mode (everything in-process).
+    redis_url: str | None = None
+    #: Random delay added to each scheduled poll (spreads providers' polls apart).
+    poll_jitter_s: int = Field(default=15, ge=0)
+    #: A degraded provider is polled less often: interval × 2^failures, at most this long.
+    max_poll_backoff_s: int = Field(default=3600, gt=0)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     aws: AwsSettings = Field(default_factory=AwsSettings)

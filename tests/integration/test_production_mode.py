@@ -1,0 +1,179 @@
+"""Production mode with real parts: a real Celery worker (`broker worker`) on the real Redis
+and PostgreSQL runs poll → ingest → process_events; two real `broker scheduler` processes
+elect one leader, and the standby takes over when the leader is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine, func, select
+
+from broker import db
+from broker.config import Settings
+from broker.db import session_scope
+from broker.models import CapacityRequest, PollRun, RequestEvent, Team
+from broker.requests import RequestIn, create_request
+
+REDIS_URL = os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    try:
+        client = redis.Redis.from_url(REDIS_URL)
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis not reachable at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture
+def pg_engine(pg_database: str) -> Iterator[Engine]:
+    from tests.conftest import _reset_pg
+
+    eng = db.make_engine(url=pg_database)
+    _reset_pg(eng)
+    yield eng
+    eng.dispose()
+
+
+def _env(tmp_path: Path, pg_url: str, redis_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update(
+        BROKER_DATABASE_URL=pg_url,
+        BROKER_REDIS_URL=redis_url,
+        BROKER_DATA_DIR=str(tmp_path),
+        BROKER_REPLAY__ENABLED="true",
+        BROKER_POLL_JITTER_S="0",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _wait(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_celery_worker_polls_ingests_and_rescores(
+    pg_engine: Engine, pg_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(database_url=pg_database, data_dir=tmp_path)
+    with session_scope(pg_engine) as session:
+        team = Team(name="prod", created_at=datetime.now(UTC))
+        session.add(team)
+        session.flush()
+        assert team.id is not None
+        body = RequestIn.model_validate({"gpu_models": ["H100"], "gpus": 8, "duration_hours": 24})
+        row = create_request(session, team.id, body, settings=settings)
+        assert row.state == "open"  # empty market
+        request_id = row.id
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "worker", "--pool", "solo", "--loglevel", "WARNING"],
+        env=_env(tmp_path, pg_database, redis_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        from workers.celery_app import make_app
+
+        make_app(redis_url).send_task("broker.poll", args=["replay"], kwargs={"force": True})
+
+        def rescored() -> bool:
+            with pg_engine.connect() as conn:
+                return bool(
+                    conn.execute(
+                        select(func.count())
+                        .select_from(RequestEvent)
+                        .where(RequestEvent.request_id == request_id)  # type: ignore[arg-type]
+                    ).scalar_one()
+                )
+
+        _wait(rescored, 90, "the worker to poll, ingest and rescore")
+        with pg_engine.connect() as conn:
+            runs = conn.execute(select(PollRun.source, PollRun.status)).all()  # type: ignore[call-overload]
+            (state,) = conn.execute(
+                select(CapacityRequest.state).where(CapacityRequest.id == request_id)  # type: ignore[call-overload]
+            ).one()
+            types = [
+                t
+                for (t,) in conn.execute(
+                    select(RequestEvent.type).where(RequestEvent.request_id == request_id)  # type: ignore[call-overload]
+                )
+            ]
+        assert [tuple(r) for r in runs] == [("replay", "ok")]
+        assert state == "matched"
+        assert sorted(types) == ["best_option_changed", "state_changed"]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def _start_scheduler(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "scheduler", "--lock-ttl-s", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_one_scheduler_leads_and_a_standby_takes_over(
+    pg_engine: Engine, pg_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = _env(tmp_path, pg_database, redis_url)
+    env["BROKER_POLL_INTERVAL_S"] = "3600"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    first = _start_scheduler(env)
+    procs = [first]
+    try:
+        _wait(lambda: client.get("broker:scheduler:leader") is not None, 30, "a leader")
+        leader_id = client.get("broker:scheduler:leader")
+        assert leader_id is not None and str(leader_id).endswith(f":{first.pid}")
+        second = _start_scheduler(env)
+        procs.append(second)
+        time.sleep(3)  # longer than the TTL: the leader renews, the standby stays standby
+        assert client.get("broker:scheduler:leader") == leader_id
+        # The leader enqueued one poll of replay (the only enabled provider).
+        assert client.llen("celery") == 1
+        first.kill()  # no clean release: the lock must expire
+        first.wait(timeout=10)
+        _wait(
+            lambda: str(client.get("broker:scheduler:leader") or "").endswith(f":{second.pid}"),
+            15,
+            "the standby to take over",
+        )
+        _wait(lambda: client.llen("celery") == 2, 10, "the new leader to enqueue its poll")
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=15)
+        # A clean stop releases the lock at once.
+        assert client.get("broker:scheduler:leader") is None
+        out = second.stderr.read() if second.stderr else ""
+        assert f":{second.pid}: standby" in out and f":{second.pid}: leader" in out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()

@@ -1,0 +1,37 @@
+"""The Celery app of production mode: Redis as broker, tasks acknowledged late.
+
+`BROKER_REDIS_URL` decides: set, `broker worker` runs this app's workers and
+`broker scheduler` enqueues polls; unset, nothing here is used (embedded mode). Tasks are
+acknowledged after they ran (`acks_late`) and re-queued when a worker dies mid-task
+(`task_reject_on_worker_lost`), so every task is written to be idempotent; one task at a
+time per worker process (`prefetch_multiplier=1`) so a killed worker holds nothing back.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from broker.config import get_settings
+
+
+def make_app(redis_url: str | None = None) -> Celery:
+    url = redis_url or get_settings().redis_url or "redis://127.0.0.1:6379/0"
+    app = Celery("broker", broker=url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        # A task not acknowledged within this long is delivered again (Redis visibility):
+        # longer than any poll, so a slow poll is never run twice.
+        broker_transport_options={"visibility_timeout": 3600},
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+    )
+    return app
+
+
+app = make_app()

@@ -1,0 +1,102 @@
+"""Celery tasks: thin wrappers over the plain functions of `broker/`.
+
+    poll(provider) ──ingest──▶ process_events(first_id, last_id) ──▶ deliver(delivery_id)
+
+Each builds what it needs from Settings, calls one function of `broker`, and enqueues the
+next step. All are idempotent (acks_late: a task may run twice after a worker dies):
+re-polling is a diff, rescoring an event range twice writes no second `best_option_changed`
+(the best is compared with the stored one), a delivery already sent is never sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from broker import db
+from broker.config import Settings, get_settings
+from broker.domain import utcnow
+from broker.models import ProviderState
+from broker.pipeline import deliver_pending, process_events
+from broker.polling import poll_source
+from broker.sources import build_sources
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _runtime() -> tuple[Settings, Engine]:
+    settings = get_settings()
+    return settings, db.make_engine(url=settings.effective_database_url)
+
+
+def poll_due(engine: Engine, settings: Settings, provider: str) -> bool:
+    """False while a degraded provider is backing off: interval × 2^failures (bounded)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(
+                ProviderState.__table__.c.consecutive_failures,  # type: ignore[attr-defined]
+                ProviderState.__table__.c.last_poll_at,  # type: ignore[attr-defined]
+            ).where(ProviderState.__table__.c.provider == provider)  # type: ignore[attr-defined]
+        ).first()
+    if row is None or not row.consecutive_failures or row.last_poll_at is None:
+        return True
+    wait = min(
+        settings.poll_interval_s * 2 ** min(row.consecutive_failures, 16),
+        settings.max_poll_backoff_s,
+    )
+    return bool(utcnow() - row.last_poll_at >= timedelta(seconds=wait))
+
+
+@app.task(name="broker.poll", bind=True, max_retries=3, default_retry_delay=30)
+def poll(self: Any, provider: str, force: bool = False) -> dict[str, Any]:
+    """Poll one provider, ingest, and enqueue the processing of the events it wrote."""
+    settings, engine = _runtime()
+    if not force and not poll_due(engine, settings, provider):
+        log.info("tasks.poll_backing_off %s", provider)
+        return {"provider": provider, "skipped": "backing off while degraded"}
+    sources = build_sources(settings, utcnow)
+    source = sources.enabled.get(provider)
+    if source is None:
+        reason = sources.disabled.get(provider, "unknown provider")
+        log.warning("tasks.poll_disabled %s: %s", provider, reason)
+        return {"provider": provider, "skipped": reason}
+    outcome = poll_source(engine, source)
+    if outcome.first_event_id is not None and outcome.last_event_id is not None:
+        process.delay(outcome.first_event_id, outcome.last_event_id)
+    return {
+        "provider": provider,
+        "status": str(outcome.status),
+        "offers": outcome.offers_seen,
+        "events": dict(outcome.events),
+    }
+
+
+@app.task(name="broker.process_events", bind=True, max_retries=5, default_retry_delay=10)
+def process(self: Any, first_id: int, last_id: int) -> dict[str, Any]:
+    """Rescore the requests and match the subscriptions these market events touch; enqueue
+    the deliveries they wrote (the outbox rows are committed before this returns)."""
+    settings, engine = _runtime()
+    try:
+        out = process_events(engine, first_id, last_id, settings, utcnow)
+    except Exception as exc:  # a DB hiccup: retry with backoff, the work is idempotent
+        raise self.retry(exc=exc, countdown=min(300, 10 * 2**self.request.retries)) from exc
+    for delivery_id in out.deliveries:
+        deliver.delay(delivery_id)
+    return {"rescored_changed": out.best_changed, "deliveries": len(out.deliveries)}
+
+
+@app.task(name="broker.deliver", bind=True, max_retries=8)
+def deliver(self: Any, delivery_id: int) -> dict[str, Any]:
+    """Send one outbox delivery (idempotent: a sent delivery is never sent again)."""
+    settings, engine = _runtime()
+    result = deliver_pending(engine, [delivery_id], settings, utcnow)
+    retry_in = result.get("retry_in_s")
+    if retry_in is not None:
+        raise self.retry(countdown=retry_in)
+    return result
