@@ -549,7 +549,9 @@ def serve(
         bool,
         typer.Option(
             "--no-scheduler",
-            help="Serve the API only; do not poll providers in this process.",
+            "--no-embedded-workers",
+            help="Serve the API only: no polling or event processing in this process (the "
+            "production shape, where `broker scheduler` and `broker worker` do it).",
         ),
     ] = False,
 ) -> None:
