@@ -603,14 +603,21 @@ def recommend(
             eligible.append((o, ttp))
 
     options: list[Option] = []
+    # Best-only (rescoring): single-offer candidates stay light (time, cost, keys, part);
+    # only the winner becomes an `Option`.
+    light: list[tuple[float, Decimal, tuple[str, ...], Part]] = []
     by_region: dict[tuple[str, str], list[tuple[MarketOffer, Ttp]]] = defaultdict(list)
     for o, ttp in eligible:
         by_region[(o.provider, o.region)].append((o, ttp))
         n = _instances_for(gpus, o.gpu_count)
         if o.available_count is not None and o.available_count < n:
             continue
-        options.append(_option([_part(o, n, ttp, market.quotas, cfg)], spec, cfg))
-    singles = {opt.keys for opt in options}
+        part = _part(o, n, ttp, market.quotas, cfg)
+        if with_excluded:
+            options.append(_option([part], spec, cfg))
+        else:
+            light.append((part.ttp.hours, _single_total(part, spec, cfg)[0], (o.key,), part))
+    singles = {opt.keys for opt in options} | {c[2] for c in light}
     single_keys = {k[0] for k in singles}
     for where, group in sorted(by_region.items(), key=lambda kv: kv[0]):
         if len(group) == 1 and group[0][0].key in single_keys:
@@ -652,7 +659,7 @@ def recommend(
     if with_excluded:
         _rank(options, spec.weights)
     else:
-        _rank_best(options, spec.weights)
+        options = _best_of(light, options, spec, cfg)
     return Recommendation(options, list(excluded.values()), considered)
 
 
@@ -693,16 +700,21 @@ def _option(parts: list[Part], spec: RequestSpec, cfg: ScoringConfig) -> Option:
     )
 
 
-def _single(p: Part, spec: RequestSpec, cfg: ScoringConfig) -> Option:
-    """`_option` of one part, without the loops (the common case, and the hot one)."""
-    o = p.offer
+def _single_total(p: Part, spec: RequestSpec, cfg: ScoringConfig) -> tuple[Decimal, Decimal]:
+    """(total cost, spot adjustment) of one part, to the cent."""
     cost = _part_cost(p, spec.duration_hours)
     spot = (
         cost * Decimal(str(cfg.spot_interruption_overhead))
-        if o.market == Market.SPOT
+        if p.offer.market == Market.SPOT
         else Decimal(0)
     )
-    total = (cost + spot).quantize(_CENT)
+    return (cost + spot).quantize(_CENT), spot
+
+
+def _single(p: Part, spec: RequestSpec, cfg: ScoringConfig) -> Option:
+    """`_option` of one part, without the loops (the common case, and the hot one)."""
+    o = p.offer
+    total, spot = _single_total(p, spec, cfg)
     gpus = o.gpu_count * p.instances
     return Option(
         parts=[p],
@@ -740,13 +752,29 @@ def _rank_key(o: Option) -> tuple[float, Decimal, float, tuple[str, ...]]:
     return (-o.score, o.total_cost_usd, o.time_to_power_hours, o.keys)
 
 
-def _rank_best(options: list[Option], weights: Weights) -> None:
-    """Only the best option, first (rescoring needs no more): same order as `_rank`."""
-    if not options:
-        return
-    _score(options, weights)
-    best = min(options, key=_rank_key)
-    options[:] = [best]
+def _best_of(
+    light: list[tuple[float, Decimal, tuple[str, ...], Part]],
+    combined: list[Option],
+    spec: RequestSpec,
+    cfg: ScoringConfig,
+) -> list[Option]:
+    """The one best option (as `_rank` would put first) among light single-offer candidates
+    and full combined options; scored over all of them."""
+    cands: list[tuple[float, Decimal, tuple[str, ...], Part | Option]] = list(light)
+    cands += [(o.time_to_power_hours, o.total_cost_usd, o.keys, o) for o in combined]
+    if not cands:
+        return []
+    w = spec.weights
+    wt, wc = max(w.time_to_power, 0.0), max(w.cost, 0.0)
+    total_w = (wt + wc) or 1.0
+    nt = _normalise([c[0] for c in cands])
+    nc = _normalise([float(c[1]) for c in cands])
+    scores = [round(1.0 - (wt * t + wc * c) / total_w, 4) for t, c in zip(nt, nc, strict=True)]
+    i = min(range(len(cands)), key=lambda k: (-scores[k], cands[k][1], cands[k][0], cands[k][2]))
+    item = cands[i][3]
+    best = item if isinstance(item, Option) else _single(item, spec, cfg)
+    best.score = scores[i]
+    return [best]
 
 
 def _rank(options: list[Option], weights: Weights) -> None:
