@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, PlainSerializer
+from pydantic import BaseModel, Field, PlainSerializer
 
 
 def _number(value: Decimal) -> float | int:
@@ -50,6 +50,11 @@ class OfferPublic(BaseModel):
     first_seen: datetime
     last_seen: datetime
     stale: bool
+    time_to_power_hours: float | None = Field(
+        default=None,
+        description="Hours until usable (broker.scoring.time_to_power), with sort=time_to_power; "
+        "null for a sold-out offer with no history.",
+    )
 
 
 class OfferDetail(OfferPublic):

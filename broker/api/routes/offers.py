@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from sqlalchemy import and_, or_, select
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from broker import gpus
 from broker.api.deps import ClockDep, SessionDep, SettingsDep
@@ -24,10 +24,12 @@ from broker.api.pagination import (
     invalid_cursor,
 )
 from broker.api.schemas import ObservationPublic, OfferDetail, OfferPublic
+from broker.config import Settings
 from broker.domain import PRICE_QUANTUM, Market
 from broker.models import Observation, StoredOffer
 from broker.offers import OUTPUT_FIELDS, OfferQuery
 from broker.offers import list_offers as query_offers
+from broker.scoring import ScoringConfig, market_from_rows, time_to_power
 
 router = APIRouter(prefix="/offers", tags=["offers"])
 
@@ -107,7 +109,11 @@ def list_offers(
         bool, Query(description="Also offers whose data is older than the stale TTL.")
     ] = False,
     sort: Annotated[
-        Literal["price"], Query(description="price: USD per GPU-hour, then key.")
+        Literal["price", "time_to_power"],
+        Query(
+            description="price: USD per GPU-hour, then key. time_to_power: hours until usable "
+            "(the scoring model's time to power, no quotas), then price, then key."
+        ),
     ] = "price",
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
@@ -124,6 +130,8 @@ def list_offers(
         max_price_per_gpu_hour=max_price_per_gpu_hour,
         include_stale=include_stale,
     )
+    if sort == "time_to_power":
+        return _by_time_to_power(session, query, settings, clock(), limit, cursor)
     after: tuple[Decimal, str] | None = None
     if cursor is not None:
         price_text, key = decode_cursor(cursor, "offers", (str, str))
@@ -146,6 +154,45 @@ def list_offers(
         last = rows[-1]
         next_cursor = encode_cursor("offers", str(last["price_per_gpu_hour"]), last["key"])
     return {"data": rows, "next_cursor": next_cursor}
+
+
+def _by_time_to_power(
+    session: Session,
+    query: OfferQuery,
+    settings: Settings,
+    now: datetime,
+    limit: int,
+    cursor: str | None,
+) -> dict[str, Any]:
+    """Offers ordered by time to power (sold-out offers with no history last), computed in
+    memory over every match; keyset cursor = (hours, price, key) of the last row."""
+    rows = query_offers(
+        session, query, now=now, stale_after=timedelta(minutes=settings.stale_after_minutes)
+    )
+    cfg = ScoringConfig.from_settings(settings.scoring)
+    never = float("inf")
+    keyed = []
+    for r in rows:
+        ttp = time_to_power(market_from_rows([r])[0], now, cfg)
+        r["time_to_power_hours"] = round(ttp.hours, 4) if ttp else None
+        hours = r["time_to_power_hours"] if ttp else never
+        keyed.append(((hours, r["price_per_gpu_hour"], r["key"]), r))
+    keyed.sort(key=lambda kr: kr[0])
+    if cursor is not None:
+        hours_text, price_text, key = decode_cursor(cursor, "offers_ttp", (str, str, str))
+        try:
+            last = (float(hours_text), Decimal(price_text), key)
+        except (ValueError, InvalidOperation):
+            raise invalid_cursor() from None
+        keyed = [kr for kr in keyed if kr[0] > last]
+    page = keyed[: limit + 1]
+    more = len(page) > limit
+    page = page[:limit]
+    next_cursor = None
+    if more:
+        (h, p, k), _ = page[-1]
+        next_cursor = encode_cursor("offers_ttp", repr(h), str(p), k)
+    return {"data": [r for _, r in page], "next_cursor": next_cursor}
 
 
 def _load(session: SessionDep, key: str) -> StoredOffer:
