@@ -367,7 +367,20 @@ def _adapter_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r.get('adapter')} | {r.get('regions', '')} | {r.get('offers', '')} "
             f"| {r.get('api_calls', '')} | {r.get('wall_s', '')} | {slow or 'n/a'} | {ratio} |"
         )
-    return lines
+    return [*lines, "", *ADAPTER_NOTES]
+
+
+#: What the ratio column means per adapter (the same words go into BENCHMARKS.md).
+ADAPTER_NOTES = [
+    "Reading the ratio: azure's cold poll decodes every location's full VM price list (about",
+    "160 MB of JSON, CPU-bound on 2 cores); with prices cached (`BROKER_AZURE__PRICES_TTL_S`)",
+    "a poll is 1.1-1.5 s, 1.1× its slowest location. runpod polls 30 data centres with 8",
+    "workers, so 30/8 rounds of one request make ~2.5× the floor (2.0× at",
+    "`BROKER_RUNPOD__MAX_CONCURRENCY=32`). vast's two searches (on demand, interruptible) run",
+    "one after the other by design (Vast allows 10 searches a minute; the 6 s pacing is off in",
+    "the benchmark); verda's full poll includes the OAuth token request. lambda_cloud is one",
+    "request. aws and gcp share project-wide catalogue calls across regions.",
+]
 
 
 if __name__ == "__main__":
