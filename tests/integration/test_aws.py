@@ -549,7 +549,15 @@ def test_truncated_xml(fake: AwsFake, core: botocore.session.Session) -> None:
         region="us-east-1",
     )
     result = adapter(fake, core).fetch()
-    assert_only_failed(result, {Scope("aws", "us-east-1", Market.SPOT): "unavailable"})
+    # The connection closes mid-body: botocore reports it as a dropped connection, or (when
+    # the close races its read) as a document that ends early. Either way the scope fails.
+    (err,) = result.scope_errors
+    assert err.code in TRUNCATED, err
+    assert_only_failed(result, {Scope("aws", "us-east-1", Market.SPOT): err.code})
+
+
+#: How a body cut off mid-way surfaces, depending on when the client sees the close.
+TRUNCATED = {"unavailable", "malformed"}
 
 
 def test_malformed_and_truncated_price_list_json(
@@ -578,9 +586,8 @@ def test_malformed_and_truncated_price_list_json(
         action="GetProducts",
     )
     result = adapter(fake, core, regions=["us-east-1"]).fetch()
-    assert [(e.scope.market, e.code) for e in result.scope_errors] == [
-        (Market.ON_DEMAND, "unavailable")
-    ]
+    (err,) = result.scope_errors
+    assert err.scope.market == Market.ON_DEMAND and err.code in TRUNCATED, err
 
 
 def test_a_page_failing_mid_pagination_fails_the_scope(
