@@ -196,6 +196,35 @@ class ScoringSettings(BaseModel):
     spot_interruption_overhead: float = Field(default=0.15, ge=0)
 
 
+class RiskSettings(BaseModel):
+    """Thresholds of the commitment risk model (`broker.risk`, README "Commitment risk").
+
+    Shares are fractions (0.5 = 50 %). Every flag a report raises names the threshold it
+    crossed, so a reader can tell a setting from a finding.
+    """
+
+    #: Flag a provider holding more than this share of the remaining committed spend (or of
+    #: the remaining committed GPU-hours) of the live book.
+    max_provider_share: float = Field(default=0.5, gt=0, le=1)
+    #: Flag a jurisdiction (EU, US, ...) holding more than this share, likewise: a change of
+    #: law or an outage there hits that much of the book.
+    max_jurisdiction_share: float = Field(default=0.75, gt=0, le=1)
+    #: Flag a week in which more than this share of the GPUs live at the start of the week
+    #: expire with no commitment of the same GPU family starting that week to replace them.
+    expiry_cliff_share: float = Field(default=0.25, gt=0, le=1)
+    #: Weeks ahead of `as_of` the expiry-cliff table covers.
+    expiry_weeks: int = Field(default=26, ge=1, le=260)
+    #: Flag a commitment (and the book) whose reported GPU-hours used are below this share
+    #: of the GPU-hours committed over the reported periods.
+    utilisation_floor: float = Field(default=0.6, ge=0, le=1)
+    #: A running commitment with no usage reported this long after its start is flagged
+    #: ("no usage reported"); before that, missing usage is not yet a finding.
+    usage_grace_hours: int = Field(default=168, ge=0)
+    #: Flag a commitment whose rate exceeds today's best comparable live offer by more than
+    #: this share (0.05: more than 5 % over the market).
+    overpayment_tolerance: float = Field(default=0.05, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BROKER_", env_nested_delimiter="__", extra="ignore"
@@ -220,6 +249,7 @@ class Settings(BaseSettings):
     max_poll_backoff_s: int = Field(default=3600, gt=0)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    risk: RiskSettings = Field(default_factory=RiskSettings)
     aws: AwsSettings = Field(default_factory=AwsSettings)
     gcp: GcpSettings = Field(default_factory=GcpSettings)
     azure: AzureSettings = Field(default_factory=AzureSettings)
