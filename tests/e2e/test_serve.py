@@ -101,8 +101,11 @@ def test_serve_answers_over_http(env: dict[str, str]) -> None:
         assert all(r["gpu_model"].startswith("H100") for r in body["data"])
         assert httpx.get(f"{base}/openapi.json").json()["paths"]["/v1/offers"]
         # A viewer may read providers but not poll them.
-        assert httpx.get(f"{base}/v1/providers", headers=h).status_code == 200
-        assert httpx.post(f"{base}/v1/providers/replay/poll", headers=h).status_code == 403
+        # The first /v1/providers builds every adapter (credential lookups): allow for it.
+        assert httpx.get(f"{base}/v1/providers", headers=h, timeout=60).status_code == 200
+        assert (
+            httpx.post(f"{base}/v1/providers/replay/poll", headers=h, timeout=60).status_code == 403
+        )
     _, logs = proc.communicate()
     assert key not in logs
 
@@ -120,7 +123,7 @@ def test_serve_polls_the_sample_market_at_once(env: dict[str, str]) -> None:
         while True:
             replay = next(
                 p
-                for p in httpx.get(f"{base}/v1/providers", headers=h).json()["data"]
+                for p in httpx.get(f"{base}/v1/providers", headers=h, timeout=60).json()["data"]
                 if p["name"] == "replay"
             )
             if replay["status"] == "ok":
