@@ -736,6 +736,73 @@ def scheduler(
     runner.run()
 
 
+# -------------------------------------------------------------------------- report
+
+report_app = typer.Typer(help="Reports over the reservation ledger.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("commitments")
+def report_commitments(
+    ctx: typer.Context,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="json, csv or html.", show_default=True)
+    ] = "json",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (default: stdout).")
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="A date (2026-06-01, midnight UTC) or ISO 8601 time; default now."),
+    ] = None,
+    team: Annotated[
+        str | None, typer.Option(help="Only this team's reservations (default: every team).")
+    ] = None,
+) -> None:
+    """What is committed, with whom, until when, for how much, and the risk: concentration,
+    expiry cliffs, utilisation, stale data, mark-to-market (see `GET /v1/reports/commitments`).
+    Reservations whose end has passed are expired first."""
+    from broker import reports
+
+    state = _state(ctx)
+    try:
+        report_format = reports.ReportFormat(fmt.strip().lower())
+    except ValueError:
+        raise fail(f"unknown --format {fmt!r}; use json, csv or html") from None
+    try:
+        when = reports.parse_as_of(as_of) if as_of is not None else None
+    except ValueError as exc:
+        raise fail(f"--as-of: {exc}") from None
+    engine = _ready_engine(state)
+    with db.session_scope(engine) as session:
+        team_id = None
+        if team is not None:
+            row = auth.get_team(session, team)
+            if row is None:
+                raise fail(f"no team {team!r} (`broker apikey list` shows the teams)")
+            team_id = row.id
+        rep = reports.build_report(
+            session,
+            settings=state.settings,
+            now=state.clock(),
+            as_of=when,
+            team_id=team_id,
+            team=team.strip() if team is not None else None,
+        )
+    text = reports.render(rep, report_format)
+    if output is None or str(output) == "-":
+        sys.stdout.write(text)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8", newline="")
+    flags = len(rep.risk.flags)
+    err.print(
+        f"{output}: {rep.risk.totals.reservations} reservations, {flags} flag"
+        f"{'s' if flags != 1 else ''} ({report_format.value})",
+        highlight=False,
+    )
+
+
 def main() -> None:
     app()
 

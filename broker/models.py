@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     Column,
     ForeignKey,
     Index,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Numeric,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -230,3 +232,109 @@ class RequestEvent(SQLModel, table=True):
     market_event_id: int | None = Field(default=None, sa_column=Column(ID))
     before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+# ------------------------------------------------------------------- the ledger
+
+#: GPU-hours used (usage samples): three decimals.
+GPU_HOURS = Numeric(18, 3)
+#: Reservation states that hold capacity (count against an offer's stated quantity).
+LIVE_RESERVATION_STATES = ("held", "active")
+
+
+class Reservation(SQLModel, table=True):
+    """A commitment of a team: booked through the broker from an offer (`offer_key` set) or
+    recorded from outside it. Changed only through `broker.ledger`, each change appending a
+    `LedgerEntry`. States `held → active → expired | cancelled`. Money in `currency`."""
+
+    __tablename__ = "reservations"
+    __table_args__ = (
+        Index("ix_reservations_team_state", "team_id", "state"),
+        Index("ix_reservations_offer_key_state", "offer_key", "state"),
+        #: A capacity-block offering is bought whole: at most one live reservation of it.
+        Index(
+            "uq_reservations_live_capacity_block",
+            "offer_key",
+            unique=True,
+            sqlite_where=text("kind = 'capacity_block' AND state IN ('held', 'active')"),
+            postgresql_where=text("kind = 'capacity_block' AND state IN ('held', 'active')"),
+        ),
+        CheckConstraint("ends_at > starts_at", name="ck_reservations_term"),
+        CheckConstraint("gpus > 0", name="ck_reservations_gpus"),
+        CheckConstraint("rate_per_gpu_hour >= 0", name="ck_reservations_rate"),
+        CheckConstraint("upfront_fee_usd >= 0", name="ck_reservations_upfront_fee"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    team_id: int = Field(sa_column=Column(ID, ForeignKey("teams.id"), nullable=False))
+    request_id: int | None = Field(
+        default=None, sa_column=Column(ID, ForeignKey("capacity_requests.id"), index=True)
+    )
+    #: `request` (booked from an offer through a capacity request), `api` or `import`.
+    source: str = Field(sa_column=Column(String(16), nullable=False))
+    offer_key: str | None = Field(default=None, sa_column=Column(String(512)))
+    instances: int | None = Field(default=None, sa_column=Column(Integer))
+    provider: str = Field(sa_column=Column(String(64), nullable=False))
+    gpu_model: str = Field(sa_column=Column(String(64), nullable=False))
+    gpu_family: str = Field(sa_column=Column(String(64), nullable=False))
+    gpus: Decimal = Field(sa_column=Column(COUNT, nullable=False))
+    region: str = Field(sa_column=Column(String(128), nullable=False))
+    country: str | None = Field(default=None, sa_column=Column(String(2)))
+    jurisdiction: str | None = Field(default=None, sa_column=Column(String(8)))
+    starts_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    ends_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    currency: str = Field(sa_column=Column(String(3), nullable=False))
+    rate_per_gpu_hour: Decimal = Field(sa_column=Column(MONEY, nullable=False))
+    upfront_fee_usd: Decimal = Field(sa_column=Column(MONEY, nullable=False))
+    kind: str = Field(sa_column=Column(String(32), nullable=False))
+    state: str = Field(sa_column=Column(String(16), nullable=False))
+    counterparty: str | None = Field(default=None, sa_column=Column(String(256)))
+    notes: str | None = Field(default=None, sa_column=Column(String(2000)))
+    created_by: str = Field(sa_column=Column(String(160), nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    activated_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    cancelled_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only: one change of a reservation (who, when, why, before/after)."""
+
+    __tablename__ = "ledger_entries"
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    reservation_id: int = Field(
+        sa_column=Column(ID, ForeignKey("reservations.id"), nullable=False, index=True)
+    )
+    team_id: int = Field(sa_column=Column(ID, ForeignKey("teams.id"), nullable=False, index=True))
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    #: `team/key-prefix` of an API key, `cli` or `system` (the expiry task).
+    actor: str = Field(sa_column=Column(String(160), nullable=False))
+    #: created | activated | extended | rate_amended | amended | cancelled | expired
+    action: str = Field(sa_column=Column(String(32), nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(String(1000)))
+    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class UsageSample(SQLModel, table=True):
+    """GPU-hours used against a reservation over one period (API or CSV import)."""
+
+    __tablename__ = "usage_samples"
+    __table_args__ = (
+        UniqueConstraint("reservation_id", "period_start", name="uq_usage_samples_period"),
+        CheckConstraint("period_end > period_start", name="ck_usage_samples_period"),
+        CheckConstraint("gpu_hours >= 0", name="ck_usage_samples_gpu_hours"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    reservation_id: int = Field(
+        sa_column=Column(ID, ForeignKey("reservations.id"), nullable=False, index=True)
+    )
+    team_id: int = Field(sa_column=Column(ID, ForeignKey("teams.id"), nullable=False, index=True))
+    period_start: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    period_end: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    gpu_hours: Decimal = Field(sa_column=Column(GPU_HOURS, nullable=False))
+    source: str = Field(sa_column=Column(String(16), nullable=False))
+    recorded_by: str = Field(sa_column=Column(String(160), nullable=False))
+    recorded_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

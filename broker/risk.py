@@ -38,10 +38,13 @@ is flagged when that offer was withdrawn (`offers.active` false) or has not been
 `stale_after`; a commitment recorded without an offer is flagged when its provider's newest
 offer is that old. Providers the broker has no data for are not flagged (nothing to be stale).
 
-**Mark-to-market** against today's market: the cheapest fresh live offer of the same GPU
+**Mark-to-market** against today's market: the cheapest fresh live offer (not sold out) of
+the same GPU
 family (H100-SXM compares with H100-PCIe: one family), the same jurisdiction and currency,
 in the comparable market (spot commitments with spot offers, every other kind with
-on-demand: what the same GPUs would cost today without a commitment). A commitment's
+on-demand: what the same GPUs would cost today without a commitment); a marketplace listing
+(a single machine, e.g. on Vast) counts only when it alone holds the commitment's GPUs, so a
+64-GPU contract is not marked against one rented card. A commitment's
 *effective* rate spreads its upfront fee over the term's GPU-hours. Monthly over/under-payment
 = (effective rate − market rate) × GPUs × 730, positive = paying more than the market;
 flagged when the effective rate exceeds the market by more than `overpayment_tolerance`.
@@ -146,6 +149,9 @@ class MarketPrice:
     price_per_gpu_hour: Decimal
     last_seen: datetime
     currency: str = "USD"
+    #: The most GPUs this offer can supply, for marketplace listings (single machines: one
+    #: listing's GPUs × its stated count); None = as many as one launches (a cloud).
+    max_gpus: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -671,7 +677,8 @@ def best_comparable(
     c: Commitment, market: Iterable[MarketPrice], stale_before: datetime
 ) -> MarketPrice | None:
     """The cheapest fresh offer of the same GPU family, jurisdiction, currency and
-    comparable market (ties: the smaller key)."""
+    comparable market that can supply the commitment's GPUs (a marketplace listing only
+    when it alone holds them); ties: the smaller key."""
     if c.jurisdiction is None:
         return None
     want = comparable_market(c.kind)
@@ -683,6 +690,7 @@ def best_comparable(
             and m.market == want
             and m.currency == c.currency
             and m.last_seen >= stale_before
+            and (m.max_gpus is None or m.max_gpus >= c.gpus)
             and (
                 best is None or (m.price_per_gpu_hour, m.key) < (best.price_per_gpu_hour, best.key)
             )

@@ -18,7 +18,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from broker.api import errors
 from broker.api.deps import get_principal
 from broker.api.errors import ErrorBody
-from broker.api.routes import events, health, offers, providers, requests
+from broker.api.routes import (
+    events,
+    health,
+    offers,
+    providers,
+    reports,
+    requests,
+    reservations,
+)
 from broker.config import Settings, get_settings
 from broker.db import make_engine
 from broker.domain import Clock, utcnow
@@ -32,6 +40,8 @@ V1_ROUTERS: list[APIRouter] = [
     events.router,
     providers.router,
     requests.router,
+    reservations.router,
+    reports.router,
 ]
 
 _V1_ERRORS: dict[int | str, dict[str, Any]] = {

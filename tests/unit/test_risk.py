@@ -280,6 +280,8 @@ MARKET = [
     mp("aws/us/h100/on_demand", "1.50", jurisdiction="US"),
     mp("gcp/eu/a100/on_demand", "1.00", gpu_family="A100", gpu_model="A100"),
     mp("runpod/eu/h100/on_demand", "2.50", last_seen=AS_OF - 3 * H),  # stale
+    # A marketplace listing: one machine of 8 GPUs.
+    mp("vast/de/h100/on_demand", "2.20", max_gpus=Decimal(8)),
 ]
 
 
@@ -294,6 +296,7 @@ def test_mark_to_market_best_comparable_and_monthly_delta() -> None:
             and m.jurisdiction == "EU"
             and m.market == "on_demand"
             and m.last_seen >= stale_before
+            and (m.max_gpus is None or m.max_gpus >= 16)
         ),
         key=lambda m: m.price_per_gpu_hour,
     )
@@ -313,6 +316,9 @@ def test_mark_to_market_best_comparable_and_monthly_delta() -> None:
     assert cheap.monthly_delta == q2((Decimal("2.00") - best.price_per_gpu_hour) * 16 * 730)
     assert cheap.monthly_delta < 0
     assert risk.overpayment_flag(res, cheap, Decimal("0.05")) is None
+    # The 8-GPU listing is the market for 8 GPUs, not for 16.
+    small = risk.mark_to_market(replace(res, gpus=Decimal(8)), MARKET, AS_OF, stale_before)
+    assert small.market_offer_key == "vast/de/h100/on_demand"
     # Within tolerance: no flag.
     near = replace(res, rate_per_gpu_hour=Decimal("3.10"))
     assert (
