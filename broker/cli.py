@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -33,6 +33,7 @@ from broker.domain import Clock, Market, PollResult, ProviderStatus, utcnow
 from broker.offers import (
     GROUP_FIELDS,
     OUTPUT_FIELDS,
+    IngestResult,
     OfferQuery,
     count_offers,
     group_offers,
@@ -157,6 +158,30 @@ def snapshot_time(folder: Path) -> datetime:
     return day + timedelta(hours=int(m.group(2) or 0), minutes=int(m.group(3) or 0))
 
 
+def _pipeline(state: CliState, engine: Engine) -> Callable[[IngestResult], object]:
+    """What a producer (`poll`, `replay`) does with the events it wrote. Embedded mode:
+    rescore, match alerts and deliver now, before the command exits. Production mode
+    (`BROKER_REDIS_URL`): enqueue `broker.process_events` for the workers; if Redis is
+    unreachable the batch stays unprocessed and the scheduler's sweep picks it up."""
+    if not state.settings.redis_url:
+        return lambda outcome: after_ingest(engine, outcome, state.settings, state.clock)
+    from workers.tasks import process
+
+    def enqueue(outcome: IngestResult) -> None:
+        if outcome.first_event_id is None or outcome.last_event_id is None:
+            return
+        try:
+            process.delay(outcome.first_event_id, outcome.last_event_id)
+        except Exception as exc:  # kombu/redis errors: the sweep re-queues it
+            err.print(
+                f"could not enqueue the events ({type(exc).__name__}); the scheduler's "
+                "sweep will process them",
+                highlight=False,
+            )
+
+    return enqueue
+
+
 def _snapshot_results(
     folders: Sequence[Path], clock: Clock, at_snapshot_times: bool
 ) -> Iterator[tuple[str, PollResult]]:
@@ -203,7 +228,7 @@ def replay(
         engine,
         _snapshot_results(folders, state.clock, at_snapshot_times),
         clock=state.clock,
-        after=lambda outcome: after_ingest(engine, outcome, state.settings, state.clock),
+        after=_pipeline(state, engine),
     )
     out = summary.as_dict()
     if as_json:
@@ -282,7 +307,7 @@ def poll(
     for name, source in built.items():
         with err.status(f"polling {name}…", spinner="dots") if err.is_terminal else nullcontext():
             outcome = poll_source(engine, source, clock=state.clock)
-        after_ingest(engine, outcome, state.settings, state.clock)
+        _pipeline(state, engine)(outcome)
         events.update(outcome.events)
         report[name] = {
             "status": str(outcome.status),
@@ -721,6 +746,7 @@ def scheduler(
     _ready_engine(state)
     from workers.scheduler import LeaderScheduler, identity
     from workers.tasks import poll as poll_task
+    from workers.tasks import sweep as sweep_task
 
     def announce(role: str) -> None:
         err.print(f"scheduler {identity()}: {role}", highlight=False)
@@ -730,6 +756,7 @@ def scheduler(
         lambda name: poll_task.delay(name),
         lock_ttl_s=lock_ttl_s,
         on_change=announce,
+        housekeeping=lambda: sweep_task.delay(),
     )
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())

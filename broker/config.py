@@ -225,6 +225,32 @@ class RiskSettings(BaseModel):
     overpayment_tolerance: float = Field(default=0.05, ge=0)
 
 
+class AlertSettings(BaseModel):
+    """Slack alerts (`broker.alerts`): matching, message building and delivery."""
+
+    #: An offer already alerted alerts again when its price falls at least this share below
+    #: the price of that alert (a subscription may set its own).
+    price_drop_pct: float = Field(default=0.05, gt=0, le=1)
+    #: Offers listed in one message; the rest are counted ("and 12 more").
+    max_offers_per_message: int = Field(default=10, ge=1, le=40)
+    #: Seconds one Slack call may take.
+    send_timeout_s: float = Field(default=10.0, gt=0)
+    #: Attempts per delivery before it is marked failed (429s and 5xx are retried).
+    max_attempts: int = Field(default=8, ge=1, le=50)
+    #: Backoff of a retried delivery: base × 2^(attempt-1) seconds, at most `max_backoff_s`.
+    backoff_base_s: float = Field(default=5.0, gt=0)
+    max_backoff_s: float = Field(default=900.0, gt=0)
+    #: How long a worker holds a delivery it is sending; one still `sending` after this was
+    #: cut off mid-send and is marked `unconfirmed` (never resent: Slack may have it).
+    claim_s: float = Field(default=60.0, gt=0)
+    #: Every this many seconds the scheduler (or `broker serve`) re-queues due deliveries and
+    #: event batches whose task was lost (a Redis restart): the outbox is the truth.
+    sweep_interval_s: float = Field(default=15.0, gt=0)
+    #: A poll run's events not processed this long after ingest count as lost and are
+    #: re-queued by the sweep.
+    sweep_grace_s: float = Field(default=60.0, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BROKER_", env_nested_delimiter="__", extra="ignore"
@@ -247,6 +273,16 @@ class Settings(BaseSettings):
     poll_jitter_s: int = Field(default=15, ge=0)
     #: A degraded provider is polled less often: interval × 2^failures, at most this long.
     max_poll_backoff_s: int = Field(default=3600, gt=0)
+    #: Hosts a Slack webhook URL may point at (`host` or `host:port`), comma-separated.
+    #: `http://` is accepted only for a loopback host listed here (local tests).
+    slack_webhook_hosts: CsvList = Field(default_factory=lambda: ["hooks.slack.com"])
+    #: Slack Web API base URL for bot-token subscriptions (tests point it at a fake).
+    slack_api_url: str = "https://slack.com/api/"
+    #: Where users reach this API: links in Slack messages point here.
+    public_url: str = "http://127.0.0.1:8000"
+    #: Encrypts stored webhook URLs and bot tokens; unset = a key file in the data dir.
+    secret_key: SecretStr | None = None
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     risk: RiskSettings = Field(default_factory=RiskSettings)
@@ -258,6 +294,8 @@ class Settings(BaseSettings):
     vast: VastSettings = Field(default_factory=VastSettings)
     verda: VerdaSettings = Field(default_factory=VerdaSettings)
     log_level: str = "WARNING"
+
+    _split_hosts = field_validator("slack_webhook_hosts", mode="before")(_split_list)
 
     @field_validator("database_url")
     @classmethod

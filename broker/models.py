@@ -132,6 +132,9 @@ class PollRun(SQLModel, table=True):
     )
     events: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     skipped: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: When `broker.pipeline.process_events` handled this run's events (rescoring, alert
+    #: matching); None with events = still to do (a sweep re-enqueues it if its task was lost).
+    processed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
 
 
 class ProviderState(SQLModel, table=True):
@@ -338,3 +341,90 @@ class UsageSample(SQLModel, table=True):
     source: str = Field(sa_column=Column(String(16), nullable=False))
     recorded_by: str = Field(sa_column=Column(String(160), nullable=False))
     recorded_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+# ------------------------------------------------------------------------ alerts
+
+
+class AlertSubscription(SQLModel, table=True):
+    """Who hears about what: a market filter (`kind` offers) or a capacity request's
+    `best_option_changed` (`kind` request), sent to a Slack channel. The webhook URL or bot
+    token is stored encrypted (`broker.secrets`); `channel_hint` is its masked form, the only
+    one the API shows. Deleted subscriptions stay (their deliveries refer to them) with
+    `deleted_at` set."""
+
+    __tablename__ = "alert_subscriptions"
+    __table_args__ = (Index("ix_alert_subscriptions_team", "team_id", "deleted_at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    team_id: int = Field(sa_column=Column(ID, ForeignKey("teams.id"), nullable=False))
+    name: str = Field(sa_column=Column(String(256), nullable=False))
+    #: `offers` (a market filter) or `request` (a capacity request's best option).
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    filter: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    request_id: int | None = Field(
+        default=None, sa_column=Column(ID, ForeignKey("capacity_requests.id"), index=True)
+    )
+    #: A price drop of an offer already in the match set alerts when it is at least this
+    #: share of the price last alerted (0.05 = 5 %).
+    price_drop_pct: Decimal = Field(sa_column=Column(Numeric(6, 4), nullable=False))
+    #: `slack_webhook` or `slack_bot`.
+    channel_type: str = Field(sa_column=Column(String(16), nullable=False))
+    #: The Slack channel of a bot subscription (`#gpu-alerts` or `C0123`); not a secret.
+    channel_name: str | None = Field(default=None, sa_column=Column(String(128)))
+    channel_secret: str = Field(sa_column=Column(String(4000), nullable=False))
+    channel_hint: str = Field(sa_column=Column(String(128), nullable=False))
+    #: `active` or `disabled` (Slack said the target is gone; `disabled_reason` says why).
+    state: str = Field(sa_column=Column(String(16), nullable=False))
+    disabled_reason: str | None = Field(default=None, sa_column=Column(String(500)))
+    created_by: str = Field(sa_column=Column(String(160), nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    deleted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+
+
+class AlertMatch(SQLModel, table=True):
+    """A subscription's match set: the offers that currently pass its filter, with the price
+    last alerted. Entering the set alerts; leaving it removes the row (so re-entering alerts
+    again); a price drop past the threshold alerts and lowers `price_per_gpu_hour`."""
+
+    __tablename__ = "alert_matches"
+
+    subscription_id: int = Field(
+        sa_column=Column(ID, ForeignKey("alert_subscriptions.id"), primary_key=True)
+    )
+    offer_key: str = Field(sa_column=Column(String(512), primary_key=True))
+    price_per_gpu_hour: Decimal = Field(sa_column=Column(MONEY, nullable=False))
+    entered_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class AlertDelivery(SQLModel, table=True):
+    """The outbox: one Slack message to send, written in the transaction that decided it.
+    `dedupe_key` is unique (a batch processed twice writes no second row). States:
+    `pending → sending → sent`, back to `pending` with `next_attempt_at` after a retryable
+    failure, `failed` (gave up, or the subscription was disabled), `cancelled` (subscription
+    deleted first), `unconfirmed` (a worker died while sending: not resent, so never twice)."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (Index("ix_alert_deliveries_state_next", "state", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    dedupe_key: str = Field(sa_column=Column(String(255), nullable=False, unique=True))
+    subscription_id: int = Field(
+        sa_column=Column(ID, ForeignKey("alert_subscriptions.id"), nullable=False, index=True)
+    )
+    team_id: int = Field(sa_column=Column(ID, ForeignKey("teams.id"), nullable=False))
+    #: `offers`, `request` or `test`.
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    #: When the earliest market event behind it was written (event → Slack latency).
+    event_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    #: `{"text": ..., "blocks": [...]}`: Slack's message, built when the batch was matched.
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    state: str = Field(sa_column=Column(String(16), nullable=False))
+    attempts: int = Field(default=0, nullable=False)
+    next_attempt_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    #: While `sending`: until when the sending worker holds it.
+    claimed_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    last_error: str | None = Field(default=None, sa_column=Column(String(1000)))

@@ -398,7 +398,13 @@ def ingest_poll(
     conn.execute(
         update(POLL_RUNS)
         .where(POLL_RUNS.c.id == run_id)
-        .values(status=str(status), offers_seen=len(new), events=dict(counts))
+        .values(
+            status=str(status),
+            offers_seen=len(new),
+            events=dict(counts),
+            # Nothing to process without events; otherwise `process_events` stamps it.
+            processed_at=None if events else clock(),
+        )
     )
     return IngestResult(
         poll_run_id=run_id,

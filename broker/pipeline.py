@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from broker.config import Settings
+from broker.db import session_scope
 from broker.domain import Clock, utcnow
 from broker.offers import IngestResult
 
@@ -33,18 +34,66 @@ class Processed:
 def process_events(
     engine: Engine, first_id: int, last_id: int, settings: Settings, clock: Clock = utcnow
 ) -> Processed:
-    """Rescore (and match alerts) for market events `first_id..last_id`. Idempotent."""
-    from broker.requests import rescore_for_events
+    """Rescore requests and match subscriptions for market events `first_id..last_id`, in
+    one transaction with the outbox rows they cause and the poll runs' `processed_at`.
+    Idempotent: a second run finds the best options and match sets already moved."""
+    from broker import alerts
+    from broker.requests import rescore_in
 
-    changed = rescore_for_events(engine, first_id, last_id, settings=settings, clock=clock)
-    return Processed(best_changed=changed)
+    now = clock()
+    with session_scope(engine) as session:
+        changed = rescore_in(session, first_id, last_id, settings=settings, now=now)
+        conn = session.connection()
+        deliveries = alerts.match_events(conn, first_id, last_id, settings, now)
+        alerts.mark_processed(conn, first_id, last_id, now)
+    return Processed(best_changed=changed, deliveries=deliveries)
 
 
 def deliver_pending(
     engine: Engine, delivery_ids: list[int], settings: Settings, clock: Clock = utcnow
 ) -> dict[str, Any]:
-    """Send these outbox deliveries (none exist until alerts are configured)."""
-    return {"sent": 0, "deliveries": len(delivery_ids)}
+    """Send these outbox rows (those due and still pending). `retry_in_s`: the soonest a
+    retried one is due again (the Celery task re-queues itself for then)."""
+    from broker import alerts, metrics
+
+    sent = 0
+    retry: list[float] = []
+    states: dict[str, int] = {}
+    for delivery_id in delivery_ids:
+        out = alerts.deliver(engine, delivery_id, settings, clock)
+        states[out.state] = states.get(out.state, 0) + 1
+        if out.sent:
+            sent += 1
+            metrics.observe_delivery("sent", out.latency_s)
+        elif out.state in (alerts.FAILED, alerts.UNCONFIRMED, alerts.CANCELLED):
+            metrics.observe_delivery(out.state, None)
+        if out.retry_in_s is not None:
+            if out.state == alerts.PENDING:
+                metrics.observe_delivery("retry", None)
+            retry.append(out.retry_in_s)
+    return {
+        "sent": sent,
+        "deliveries": len(delivery_ids),
+        "states": states,
+        "retry_in_s": min(retry) if retry else None,
+    }
+
+
+def sweep_embedded(engine: Engine, settings: Settings, clock: Clock = utcnow) -> dict[str, int]:
+    """Embedded mode's periodic catch-up: process event batches left unprocessed, send due
+    deliveries (retries after a backoff), mark cut-off sends."""
+    from broker import alerts
+
+    found = alerts.sweep(engine, settings, clock, delivery_grace_s=0)
+    deliveries = list(found.deliveries)
+    for first, last in found.ranges:
+        deliveries += process_events(engine, first, last, settings, clock).deliveries
+    result = deliver_pending(engine, sorted(set(deliveries)), settings, clock)
+    return {
+        "batches": len(found.ranges),
+        "sent": result["sent"],
+        "unconfirmed": found.unconfirmed,
+    }
 
 
 def after_ingest(

@@ -614,99 +614,111 @@ def rescore_for_events(
     """Rescore the live requests whose GPU models market events `first..last` touched (an
     offer of that model changed, or a provider selling it degraded/recovered). Returns how
     many best options changed. One transaction; the market is loaded once."""
-    now = clock()
     with session_scope(engine) as session:
-        conn = session.connection()
-        ev = MarketEvent.__table__  # type: ignore[attr-defined]
-        off = StoredOffer.__table__  # type: ignore[attr-defined]
-        in_range = and_(ev.c.id >= first_event_id, ev.c.id <= last_event_id)
-        touched_models = set(
+        return rescore_in(session, first_event_id, last_event_id, settings=settings, now=clock())
+
+
+def rescore_in(
+    session: Session,
+    first_event_id: int,
+    last_event_id: int,
+    *,
+    settings: Settings,
+    now: datetime,
+) -> int:
+    """`rescore_for_events` inside the caller's transaction (the pipeline matches alerts in
+    the same one)."""
+    conn = session.connection()
+    ev = MarketEvent.__table__  # type: ignore[attr-defined]
+    off = StoredOffer.__table__  # type: ignore[attr-defined]
+    in_range = and_(ev.c.id >= first_event_id, ev.c.id <= last_event_id)
+    touched_models = set(
+        conn.execute(
+            select(off.c.gpu_model)
+            .distinct()
+            .select_from(ev.join(off, off.c.key == ev.c.offer_key))
+            .where(in_range)
+        ).scalars()
+    )
+    providers = list(
+        conn.execute(
+            select(ev.c.provider).distinct().where(in_range, ev.c.offer_key.is_(None))
+        ).scalars()
+    )
+    if providers:
+        touched_models |= set(
             conn.execute(
-                select(off.c.gpu_model)
-                .distinct()
-                .select_from(ev.join(off, off.c.key == ev.c.offer_key))
-                .where(in_range)
+                select(off.c.gpu_model).distinct().where(off.c.provider.in_(providers))
             ).scalars()
         )
-        providers = list(
-            conn.execute(
-                select(ev.c.provider).distinct().where(in_range, ev.c.offer_key.is_(None))
-            ).scalars()
+    if not touched_models:
+        return 0
+    req = CapacityRequest.__table__  # type: ignore[attr-defined]
+    live = [
+        r
+        for r in conn.execute(
+            select(
+                req.c.id,
+                req.c.team_id,
+                req.c.name,
+                req.c.spec,
+                req.c.gpu_models,
+                req.c.best,
+                req.c.state,
+            ).where(req.c.state.in_([str(s) for s in LIVE_STATES]))
         )
-        if providers:
-            touched_models |= set(
-                conn.execute(
-                    select(off.c.gpu_model).distinct().where(off.c.provider.in_(providers))
-                ).scalars()
-            )
-        if not touched_models:
-            return 0
-        req = CapacityRequest.__table__  # type: ignore[attr-defined]
-        live = [
-            r
-            for r in conn.execute(
-                select(
-                    req.c.id,
-                    req.c.team_id,
-                    req.c.name,
-                    req.c.spec,
-                    req.c.gpu_models,
-                    req.c.best,
-                    req.c.state,
-                ).where(req.c.state.in_([str(s) for s in LIVE_STATES]))
-            )
-            if touched_models.intersection(r.gpu_models)
-        ]
-        if not live:
-            return 0
-        market = load_market(session)
-        cfg = ScoringConfig.from_settings(settings.scoring)
-        cutoff = stale_cutoff(settings, now)
-        rows: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
-        for r in live:
-            spec = RequestIn.model_validate({**r.spec, "name": r.name}).to_spec()
-            state = RequestState(r.state)
-            if spec.needed_by is not None and spec.needed_by <= now:
-                best, state = r.best, RequestState.EXPIRED
-            else:
-                rec = recommend(spec, market, now, cfg, with_excluded=False, stale_before=cutoff)
-                best = _best_signature(rec)
-                state = RequestState.MATCHED if best else RequestState.OPEN
-                if (r.best or {}).get("offers") != (best or {}).get("offers"):
-                    events.append(
-                        {
-                            "request_id": r.id,
-                            "team_id": r.team_id,
-                            "type": BEST_OPTION_CHANGED,
-                            "at": now,
-                            "market_event_id": last_event_id,
-                            "before": r.best,
-                            "after": best,
-                        }
-                    )
-            if state != r.state:
+        if touched_models.intersection(r.gpu_models)
+    ]
+    if not live:
+        return 0
+    market = load_market(session)
+    cfg = ScoringConfig.from_settings(settings.scoring)
+    cutoff = stale_cutoff(settings, now)
+    rows: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for r in live:
+        spec = RequestIn.model_validate({**r.spec, "name": r.name}).to_spec()
+        state = RequestState(r.state)
+        if spec.needed_by is not None and spec.needed_by <= now:
+            best, state = r.best, RequestState.EXPIRED
+        else:
+            rec = recommend(spec, market, now, cfg, with_excluded=False, stale_before=cutoff)
+            best = _best_signature(rec)
+            state = RequestState.MATCHED if best else RequestState.OPEN
+            if (r.best or {}).get("offers") != (best or {}).get("offers"):
                 events.append(
                     {
                         "request_id": r.id,
                         "team_id": r.team_id,
-                        "type": STATE_CHANGED,
+                        "type": BEST_OPTION_CHANGED,
                         "at": now,
                         "market_event_id": last_event_id,
-                        "before": {"state": r.state},
-                        "after": {"state": str(state)},
+                        "before": r.best,
+                        "after": best,
                     }
                 )
-            if state != r.state or best != r.best:
-                rows.append({"_id": r.id, "best": best, "state": str(state)})
-        conn.execute(update(req).where(req.c.id.in_([r.id for r in live])).values(scored_at=now))
-        if rows:
-            conn.execute(
-                update(req)
-                .where(req.c.id == bindparam("_id"))
-                .values(best=bindparam("best"), state=bindparam("state"), updated_at=now),
-                rows,
+        if state != r.state:
+            events.append(
+                {
+                    "request_id": r.id,
+                    "team_id": r.team_id,
+                    "type": STATE_CHANGED,
+                    "at": now,
+                    "market_event_id": last_event_id,
+                    "before": {"state": r.state},
+                    "after": {"state": str(state)},
+                }
             )
-        if events:
-            conn.execute(insert(RequestEvent.__table__), events)  # type: ignore[attr-defined]
-        return sum(1 for e in events if e["type"] == BEST_OPTION_CHANGED)
+        if state != r.state or best != r.best:
+            rows.append({"_id": r.id, "best": best, "state": str(state)})
+    conn.execute(update(req).where(req.c.id.in_([r.id for r in live])).values(scored_at=now))
+    if rows:
+        conn.execute(
+            update(req)
+            .where(req.c.id == bindparam("_id"))
+            .values(best=bindparam("best"), state=bindparam("state"), updated_at=now),
+            rows,
+        )
+    if events:
+        conn.execute(insert(RequestEvent.__table__), events)  # type: ignore[attr-defined]
+    return sum(1 for e in events if e["type"] == BEST_OPTION_CHANGED)

@@ -5,7 +5,9 @@ bundled sample when no cloud is configured) gets one interval job, every
 `settings.poll_interval_s` seconds, the first run at once. A run is `poll_source` then
 `after_ingest`; an exception is logged, never raised, so one broken provider cannot stop the
 others or the API. `max_instances=1` and `coalesce`: a slow poll is never run twice at once,
-and runs missed meanwhile collapse into one. Production (leader election, Celery) is later.
+and runs missed meanwhile collapse into one. A housekeeping job every
+`alerts.sweep_interval_s` finishes what a crash or a Slack outage left (event batches not
+processed, deliveries due for a retry) and expires ended reservations.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy import Engine
 from broker.config import Settings
 from broker.domain import Clock, utcnow
 from broker.offers import IngestResult
-from broker.pipeline import after_ingest
+from broker.pipeline import after_ingest, sweep_embedded
 from broker.polling import Source, poll_source
 from broker.sources import Sources, build_sources
 
@@ -50,6 +52,21 @@ def poll_once(
     except Exception:
         log.exception("embedded.after_ingest_failed", extra={"provider": source.name})
     return outcome
+
+
+def housekeeping(engine: Engine, settings: Settings, clock: Clock = utcnow) -> None:
+    """Catch up on alerts and expire ended reservations. Never raises."""
+    from broker.db import session_scope
+    from broker.ledger import expire_reservations
+
+    try:
+        done = sweep_embedded(engine, settings, clock)
+        with session_scope(engine) as session:
+            expired = expire_reservations(session, clock())
+        if done["batches"] or done["sent"] or done["unconfirmed"] or expired:
+            log.info("embedded.housekeeping %s, %d reservations expired", done, len(expired))
+    except Exception:
+        log.exception("embedded.housekeeping_failed")
 
 
 class EmbeddedPoller:
@@ -88,6 +105,16 @@ class EmbeddedPoller:
                 misfire_grace_time=self.settings.poll_interval_s,
                 replace_existing=True,
             )
+        self.scheduler.add_job(
+            housekeeping,
+            "interval",
+            args=(self.engine, self.settings, self.clock),
+            seconds=self.settings.alerts.sweep_interval_s,
+            id="housekeeping",
+            max_instances=1,
+            coalesce=True,
+            replace_existing=True,
+        )
         self.scheduler.start()
 
     def shutdown(self, wait: bool = False) -> None:

@@ -9,7 +9,9 @@ so two leaders never enqueue at the same time for longer than one renewal period
 
 The leader runs an APScheduler with one interval job per enabled provider
 (`BROKER_POLL_INTERVAL_S`, `BROKER_POLL_JITTER_S`); each job only enqueues the Celery task
-`broker.poll` (the task skips a degraded provider while it backs off).
+`broker.poll` (the task skips a degraded provider while it backs off); and one housekeeping
+job every `BROKER_ALERTS__SWEEP_INTERVAL_S` enqueues `broker.sweep` (lost batches and
+deliveries re-queued, ended reservations expired).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class LeaderScheduler:
         lock_ttl_s: float = 15.0,
         retry_s: float = 2.0,
         on_change: Callable[[str], None] | None = None,
+        housekeeping: Callable[[], Any] | None = None,
     ) -> None:
         if not settings.redis_url:
             raise ValueError("the scheduler needs BROKER_REDIS_URL (production mode)")
@@ -62,6 +65,7 @@ class LeaderScheduler:
         )
         self.lock_ttl_s, self.retry_s = lock_ttl_s, retry_s
         self.on_change = on_change or (lambda state: None)
+        self.housekeeping = housekeeping
         self.stop_event = threading.Event()
         self.scheduler: Any = None
         self.leader = False
@@ -82,6 +86,15 @@ class LeaderScheduler:
                 jitter=self.settings.poll_jitter_s or None,
                 next_run_time=now,
                 id=f"poll:{name}",
+                max_instances=1,
+                coalesce=True,
+            )
+        if self.housekeeping is not None:
+            self.scheduler.add_job(
+                self.housekeeping,
+                "interval",
+                seconds=self.settings.alerts.sweep_interval_s,
+                id="sweep",
                 max_instances=1,
                 coalesce=True,
             )

@@ -1,6 +1,8 @@
 """Celery tasks: thin wrappers over the plain functions of `broker/`.
 
     poll(provider) ──ingest──▶ process_events(first_id, last_id) ──▶ deliver(delivery_id)
+    sweep() (every `alerts.sweep_interval_s`, from the scheduler): re-queues what a lost task
+    left (unprocessed event batches, due deliveries) and expires ended reservations.
 
 Each builds what it needs from Settings, calls one function of `broker`, and enqueues the
 next step. All are idempotent (acks_late: a task may run twice after a worker dies):
@@ -91,12 +93,46 @@ def process(self: Any, first_id: int, last_id: int) -> dict[str, Any]:
     return {"rescored_changed": out.best_changed, "deliveries": len(out.deliveries)}
 
 
-@app.task(name="broker.deliver", bind=True, max_retries=8)
+@app.task(name="broker.deliver", bind=True, max_retries=None)
 def deliver(self: Any, delivery_id: int) -> dict[str, Any]:
-    """Send one outbox delivery (idempotent: a sent delivery is never sent again)."""
+    """Send one outbox delivery (idempotent: a sent delivery is never sent again). A retry
+    is re-queued for when it is due; the row's `attempts` bound the retries, not Celery."""
     settings, engine = _runtime()
     result = deliver_pending(engine, [delivery_id], settings, utcnow)
     retry_in = result.get("retry_in_s")
     if retry_in is not None:
-        raise self.retry(countdown=retry_in)
+        raise self.retry(countdown=max(0.0, retry_in))
     return result
+
+
+@app.task(name="broker.sweep")
+def sweep() -> dict[str, Any]:
+    """The outbox and the poll runs are the truth, the queue only a hint: re-queue event
+    batches left unprocessed and deliveries due for a while (their task was lost, e.g. to a
+    Redis restart), mark sends cut off mid-call, expire ended reservations."""
+    from broker import alerts
+    from broker.db import session_scope
+    from broker.ledger import expire_reservations
+
+    settings, engine = _runtime()
+    found = alerts.sweep(engine, settings, utcnow)
+    for first, last in found.ranges:
+        process.delay(first, last)
+    for delivery_id in found.deliveries:
+        deliver.delay(delivery_id)
+    with session_scope(engine) as session:
+        expired = expire_reservations(session, utcnow())
+    if found.ranges or found.deliveries or found.unconfirmed or expired:
+        log.warning(
+            "tasks.sweep batches=%d deliveries=%d unconfirmed=%d expired=%d",
+            len(found.ranges),
+            len(found.deliveries),
+            found.unconfirmed,
+            len(expired),
+        )
+    return {
+        "batches": len(found.ranges),
+        "deliveries": len(found.deliveries),
+        "unconfirmed": found.unconfirmed,
+        "expired_reservations": len(expired),
+    }

@@ -26,6 +26,7 @@ from broker.api.routes import (
     reports,
     requests,
     reservations,
+    subscriptions,
 )
 from broker.config import Settings, get_settings
 from broker.db import make_engine
@@ -42,6 +43,7 @@ V1_ROUTERS: list[APIRouter] = [
     requests.router,
     reservations.router,
     reports.router,
+    subscriptions.router,
 ]
 
 _V1_ERRORS: dict[int | str, dict[str, Any]] = {

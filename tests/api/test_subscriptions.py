@@ -1,0 +1,282 @@
+"""`/v1/subscriptions` over HTTP, with slack_sdk talking to a local fake Slack: CRUD,
+secrets write-only and encrypted at rest, the allow-list, test messages, Slack's errors
+(disable on gone, retry on 429/5xx), team isolation and roles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from broker import gpus
+from broker.config import ReplaySettings, Settings
+from broker.db import session_scope
+from broker.models import AlertDelivery, AlertMatch, AlertSubscription, StoredOffer
+from broker.polling import ReplaySummary
+from tests.api.conftest import Clock, Keys, TestClient, bearer
+from tests.fakes.http import FakeResponse
+from tests.fakes.slack import FakeSlack, slack, text_response
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    yield from slack()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake_slack: FakeSlack) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        replay=ReplaySettings(enabled=True, step_s=10**9),
+        slack_webhook_hosts=["hooks.slack.com", fake_slack.host],
+        slack_api_url=fake_slack.api_url,
+    )
+
+
+def webhook_body(url: str, **kw: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "eu h100",
+        "filter": {"gpu_models": ["H100"], "jurisdictions": ["EU"]},
+        "channel": {"type": "slack_webhook", "url": url},
+    }
+    body.update(kw)
+    return body
+
+
+def count(engine: Engine, model: Any) -> int:
+    with session_scope(engine) as s:
+        return int(s.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def test_create_seeds_the_match_set_and_hides_the_url(
+    client: TestClient,
+    keys: Keys,
+    engine: Engine,
+    market: ReplaySummary,
+    fake_slack: FakeSlack,
+) -> None:
+    url = fake_slack.webhook()
+    r = client.post("/v1/subscriptions", json=webhook_body(url), headers=bearer(keys.member))
+    assert r.status_code == 201, r.text
+    sub = r.json()
+    secret_part = url.rsplit("/", 1)[-1]
+    assert secret_part not in r.text
+    assert sub["channel"] == {
+        "type": "slack_webhook",
+        "url": f"{fake_slack.server.url}/…{url[-4:]}",
+    }
+    assert sub["state"] == "active" and sub["kind"] == "offers"
+    # What matches now, counted straight from the offers table.
+    h100 = gpus.resolve_query("H100")
+    with session_scope(engine) as s:
+        expected = s.execute(
+            select(func.count())
+            .select_from(StoredOffer)
+            .where(
+                StoredOffer.active,  # type: ignore[arg-type]
+                StoredOffer.gpu_model.in_(h100),  # type: ignore[attr-defined]
+                StoredOffer.jurisdiction == "EU",  # type: ignore[arg-type]
+                StoredOffer.availability != "unavailable",  # type: ignore[arg-type]
+            )
+        ).scalar_one()
+        stored = s.execute(
+            text("SELECT channel_secret FROM alert_subscriptions WHERE id = :i"), {"i": sub["id"]}
+        ).scalar_one()
+    assert expected > 0
+    assert sub["matching_offers"] == expected == count(engine, AlertMatch)
+    assert secret_part not in stored and "hooks" not in stored and "127.0.0.1" not in stored
+    # Seeding is silent.
+    assert fake_slack.messages == [] and count(engine, AlertDelivery) == 0
+    got = client.get(f"/v1/subscriptions/{sub['id']}", headers=bearer(keys.admin)).json()
+    assert got["channel"] == sub["channel"] and got["matching_offers"] is None
+    listed = client.get("/v1/subscriptions", headers=bearer(keys.member)).json()
+    assert [s["id"] for s in listed["data"]] == [sub["id"]]
+
+
+def test_test_message_reaches_the_webhook(
+    client: TestClient, keys: Keys, engine: Engine, fake_slack: FakeSlack
+) -> None:
+    url = fake_slack.webhook()
+    sub = client.post("/v1/subscriptions", json=webhook_body(url), headers=bearer(keys.member))
+    sid = sub.json()["id"]
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member))
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "sent" and r.json()["attempts"] == 1
+    [msg] = fake_slack.to(url)
+    assert "eu h100" in msg.text and "in the EU" in msg.text
+    assert msg.blocks[0]["type"] == "section"
+    deliveries = client.get(f"/v1/subscriptions/{sid}/deliveries", headers=bearer(keys.admin))
+    assert [d["state"] for d in deliveries.json()["data"]] == ["sent"]
+
+
+def test_bot_channel_and_a_gone_channel_disables_until_reenabled(
+    client: TestClient, keys: Keys, fake_slack: FakeSlack
+) -> None:
+    token = fake_slack.bot_token()
+    body = webhook_body("", channel={"type": "slack_bot", "token": token, "channel": "#gpu-alerts"})
+    r = client.post("/v1/subscriptions", json=body, headers=bearer(keys.member))
+    assert r.status_code == 201, r.text
+    assert token not in r.text
+    assert r.json()["channel"] == {
+        "type": "slack_bot",
+        "token": f"xoxb-…{token[-4:]}",
+        "channel": "#gpu-alerts",
+    }
+    sid = r.json()["id"]
+    assert (
+        client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member)).json()["state"]
+        == "sent"
+    )
+    assert [m.target for m in fake_slack.messages] == ["#gpu-alerts"]
+    assert (
+        fake_slack.server.requests_to("/api/chat.postMessage")[0].headers["authorization"]
+        == f"Bearer {token}"
+    )
+
+    fake_slack.channels.discard("#gpu-alerts")  # archived/deleted in Slack
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member))
+    assert r.json()["state"] == "failed"
+    assert "channel_not_found" in r.json()["last_error"]
+    sub = client.get(f"/v1/subscriptions/{sid}", headers=bearer(keys.member)).json()
+    assert sub["state"] == "disabled" and "channel_not_found" in sub["disabled_reason"]
+
+    fake_slack.channels.add("#gpu-alerts")
+    r = client.patch(
+        f"/v1/subscriptions/{sid}", json={"state": "active"}, headers=bearer(keys.member)
+    )
+    assert r.json()["state"] == "active" and r.json()["disabled_reason"] is None
+    assert (
+        client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member)).json()["state"]
+        == "sent"
+    )
+
+
+def test_webhook_404_disables_and_429_5xx_are_retried(
+    client: TestClient, keys: Keys, fake_slack: FakeSlack, clock: Clock, settings: Settings
+) -> None:
+    url = fake_slack.webhook()
+    path = url.split(str(fake_slack.server.port), 1)[1]
+    sid = client.post(
+        "/v1/subscriptions", json=webhook_body(url), headers=bearer(keys.member)
+    ).json()["id"]
+
+    fake_slack.server.fail("POST", path, text_response(429, "rate_limited", {"Retry-After": "7"}))
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member)).json()
+    assert r["state"] == "pending" and r["attempts"] == 1
+    assert r["next_attempt_at"].startswith(
+        (clock() + timedelta(seconds=7)).strftime("%Y-%m-%dT%H:%M:%S")
+    )
+
+    fake_slack.server.fail("POST", path, text_response(500, "rollup_error"))
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member)).json()
+    assert r["state"] == "pending" and "500" in r["last_error"]
+    assert url not in r["last_error"]
+
+    fake_slack.server.fail("POST", path, text_response(404, "no_service"))
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member)).json()
+    assert r["state"] == "failed" and "no_service" in r["last_error"]
+    sub = client.get(f"/v1/subscriptions/{sid}", headers=bearer(keys.member)).json()
+    assert sub["state"] == "disabled" and "404" in sub["disabled_reason"]
+    assert fake_slack.messages == []
+
+
+def test_gives_up_after_max_attempts(
+    engine: Engine,
+    client: TestClient,
+    keys: Keys,
+    fake_slack: FakeSlack,
+    clock: Clock,
+    settings: Settings,
+) -> None:
+    from broker import alerts
+
+    settings.alerts.max_attempts = 3
+    url = fake_slack.webhook()
+    path = url.split(str(fake_slack.server.port), 1)[1]
+    sid = client.post(
+        "/v1/subscriptions", json=webhook_body(url), headers=bearer(keys.member)
+    ).json()["id"]
+    fake_slack.server.fail("POST", path, *[FakeResponse(503, body=b"") for _ in range(3)])
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member)).json()
+    did = r["id"]
+    states = [r["state"]]
+    for _ in range(3):
+        clock.advance(hours=1)
+        states.append(alerts.deliver(engine, did, settings, clock).state)
+    assert states == ["pending", "pending", "failed", "failed"]
+    assert len(fake_slack.server.requests_to(path)) == 3
+    assert fake_slack.messages == []
+
+
+@pytest.mark.parametrize(
+    ("patch", "code"),
+    [
+        (
+            {"channel": {"type": "slack_webhook", "url": "https://evil.example/services/x"}},
+            "webhook_host_not_allowed",
+        ),
+        (
+            {"channel": {"type": "slack_webhook", "url": "http://169.254.169.254/latest/"}},
+            "webhook_host_not_allowed",
+        ),
+        ({"channel": {"type": "slack_webhook", "url": "file:///etc/passwd"}}, "invalid_webhook"),
+        ({"channel": {"type": "email", "to": "a@b"}}, "invalid_request"),
+        ({"filter": {"gpu_models": ["H1000"]}}, "invalid_request"),
+        ({"filter": None, "request_id": None}, "invalid_request"),
+        ({"price_drop_pct": 2}, "invalid_request"),
+        ({"name": ""}, "invalid_request"),
+    ],
+)
+def test_bad_bodies_are_422_with_a_reason_and_write_nothing(
+    client: TestClient, keys: Keys, engine: Engine, patch: dict[str, Any], code: str
+) -> None:
+    body = webhook_body("https://hooks.slack.com/services/T1/B1/x")
+    body.update(patch)
+    r = client.post("/v1/subscriptions", json=body, headers=bearer(keys.member))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == code
+    assert r.json()["error"]["message"]
+    assert "passwd" not in r.text and "169.254" not in r.json()["error"]["message"][:0]
+    assert count(engine, AlertSubscription) == 0
+
+
+def test_isolation_roles_and_delete(
+    client: TestClient, keys: Keys, engine: Engine, fake_slack: FakeSlack
+) -> None:
+    url = fake_slack.webhook()
+    r = client.post("/v1/subscriptions", json=webhook_body(url), headers=bearer(keys.viewer))
+    assert r.status_code == 403
+    sid = client.post(
+        "/v1/subscriptions", json=webhook_body(url), headers=bearer(keys.member)
+    ).json()["id"]
+    for method, path in [
+        ("GET", f"/v1/subscriptions/{sid}"),
+        ("PATCH", f"/v1/subscriptions/{sid}"),
+        ("DELETE", f"/v1/subscriptions/{sid}"),
+        ("POST", f"/v1/subscriptions/{sid}/test"),
+        ("GET", f"/v1/subscriptions/{sid}/deliveries"),
+    ]:
+        r = client.request(
+            method, path, json={} if method == "PATCH" else None, headers=bearer(keys.viewer)
+        )
+        assert r.status_code in (403, 404), (method, path, r.status_code)
+        if method == "GET":
+            assert r.status_code == 404
+    assert client.get("/v1/subscriptions", headers=bearer(keys.viewer)).json()["data"] == []
+    assert client.get("/v1/subscriptions").status_code == 401
+    # Another team's capacity request cannot be followed.
+    req = client.post(
+        "/v1/requests",
+        json={"gpu_models": ["H100"], "gpus": 8, "duration_hours": 24},
+        headers=bearer(keys.member),
+    ).json()
+    body = webhook_body(url, filter=None, request_id=req["id"])
+    ok = client.post("/v1/subscriptions", json=body, headers=bearer(keys.member))
+    assert ok.status_code == 201 and ok.json()["kind"] == "request"
+    assert client.delete(f"/v1/subscriptions/{sid}", headers=bearer(keys.member)).status_code == 204
+    assert client.get(f"/v1/subscriptions/{sid}", headers=bearer(keys.member)).status_code == 404
+    assert count(engine, AlertMatch) == 0

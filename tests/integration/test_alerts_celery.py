@@ -1,0 +1,248 @@
+"""Alerts in production mode with real parts: `broker replay` (a producer) enqueues on the
+real Redis, a real Celery worker (`broker worker`) processes on the real PostgreSQL and posts
+through slack_sdk to a local fake Slack. Exactly the expected messages, none on an identical
+replay; a worker killed mid-send does not send twice; tasks lost with Redis's data are
+re-queued by the sweep and delivered once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine, func, select
+
+from broker import alerts
+from broker.auth import get_or_create_team
+from broker.config import Settings
+from broker.db import session_scope
+from broker.models import AlertDelivery, PollRun
+from tests.fakes.slack import FakeSlack, slack
+from tests.integration.test_alerts_pipeline import SUBS, A, B, EdgeModel, matching
+from tests.integration.test_production_mode import _env, _wait, pg_engine, redis_url
+
+__all__ = ["pg_engine", "redis_url"]
+
+SECRET = "test-secret-key-shared-by-api-and-workers"
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    yield from slack()
+
+
+def env_for(
+    tmp_path: Path, pg: str, redis_url: str, fake: FakeSlack, **extra: str
+) -> dict[str, str]:
+    env = _env(tmp_path, pg, redis_url)
+    env.update(
+        BROKER_SECRET_KEY=SECRET,
+        BROKER_SLACK_WEBHOOK_HOSTS=fake.host,
+        BROKER_SLACK_API_URL=fake.api_url,
+        **extra,
+    )
+    return env
+
+
+def subscribe(
+    engine: Engine, settings: Settings, fake: FakeSlack, names: list[str]
+) -> dict[str, str]:
+    urls = {}
+    with session_scope(engine) as session:
+        team = get_or_create_team(session, "prod")
+        assert team.id is not None
+        for name in names:
+            urls[name] = fake.webhook(name.replace("-", ""))
+            body = alerts.SubscriptionIn.model_validate(
+                {
+                    "name": name,
+                    "filter": SUBS[name]["filter"],
+                    "channel": {"type": "slack_webhook", "url": urls[name]},
+                }
+            )
+            alerts.create_subscription(session, team.id, body, actor="t", settings=settings)
+    return urls
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "worker", "--pool", "solo", "--loglevel", "WARNING"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def replay(env: dict[str, str], folder: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "broker.cli", "replay", str(folder)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def poll_runs(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(PollRun)).scalar_one())
+
+
+def delivery_states(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [
+            s
+            for (s,) in conn.execute(
+                select(AlertDelivery.state).order_by(AlertDelivery.id)  # type: ignore[call-overload]
+            )
+        ]
+
+
+def test_celery_worker_alerts_exactly_the_changes(
+    pg_engine: Engine,
+    pg_database: str,
+    redis_url: str,
+    tmp_path: Path,
+    data_dir: Path,
+    fake_slack: FakeSlack,
+) -> None:
+    settings = Settings(
+        database_url=pg_database,
+        data_dir=tmp_path,
+        secret_key=SECRET,
+        slack_webhook_hosts=[fake_slack.host],
+    )
+    names = ["azure-v100", "lambda-a100-eu"]
+    urls = subscribe(pg_engine, settings, fake_slack, names)
+    env = env_for(tmp_path, pg_database, redis_url, fake_slack)
+    worker = start_worker(env)
+    try:
+        models = {n: EdgeModel() for n in names}
+        total = 0
+        for i, snapshot in enumerate([A, B, B]):
+            replay(env, data_dir / "offers" / snapshot)
+            expected = {}
+            for n in names:
+                entered, drops = models[n].step(matching(data_dir, snapshot, SUBS[n]["model"]))
+                expected[n] = (len(entered), len(drops))
+            total += sum(1 for e, d in expected.values() if e or d)
+            _wait(lambda n=total: len(fake_slack.messages) >= n, 90, f"the alerts of replay {i}")
+            # Everything this replay caused has been processed (nothing left to arrive).
+            _wait(
+                lambda: (
+                    all(s in ("sent", "failed") for s in delivery_states(pg_engine))
+                    and _processed(pg_engine)
+                ),
+                60,
+                "processing to finish",
+            )
+            for n in names:
+                got = fake_slack.to(urls[n])
+                n_new, n_drops = expected[n]
+                if i == 0:
+                    assert len(got) == 1 and got[0].text.startswith(f"{n_new} new "), n
+                if i == 1:
+                    assert len(got) == 2, n
+                    if n_new:
+                        assert got[1].text.startswith(f"{n_new} new "), (n, got[1].text)
+                    if n_drops:
+                        assert f"{n_drops} price drop" in got[1].text, (n, got[1].text)
+        assert total == 4  # two subscriptions × two replays with changes; none for the third
+        assert len(fake_slack.messages) == total
+        assert poll_runs(pg_engine) == 3
+        assert delivery_states(pg_engine) == ["sent"] * total
+    finally:
+        stop(worker)
+
+
+def _processed(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return not conn.execute(
+            select(func.count()).select_from(PollRun).where(PollRun.processed_at.is_(None))  # type: ignore[union-attr]
+        ).scalar_one()
+
+
+def test_worker_killed_mid_send_sends_once_and_lost_tasks_are_swept(
+    pg_engine: Engine,
+    pg_database: str,
+    redis_url: str,
+    tmp_path: Path,
+    data_dir: Path,
+    fake_slack: FakeSlack,
+) -> None:
+    from workers.celery_app import make_app
+
+    settings = Settings(
+        database_url=pg_database,
+        data_dir=tmp_path,
+        secret_key=SECRET,
+        slack_webhook_hosts=[fake_slack.host],
+    )
+    [url] = subscribe(pg_engine, settings, fake_slack, ["lambda-h100-eu"]).values()
+    env = env_for(
+        tmp_path,
+        pg_database,
+        redis_url,
+        fake_slack,
+        BROKER_ALERTS__CLAIM_S="3",
+        BROKER_ALERTS__SWEEP_GRACE_S="1",
+    )
+    celery = make_app(redis_url)
+
+    # 1. Slack accepts the message but holds its answer; the worker is killed meanwhile.
+    fake_slack.answer_delay_s = 30
+    worker = start_worker(env)
+    try:
+        replay(env, data_dir / "offers" / A)
+        _wait(lambda: len(fake_slack.messages) == 1, 90, "Slack to receive the alert")
+        assert delivery_states(pg_engine) == ["sending"]
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=20)
+    finally:
+        stop(worker, signal.SIGKILL)
+    fake_slack.answer_delay_s = 0
+    worker = start_worker(env)
+    try:
+        time.sleep(3.5)  # the claim runs out
+        celery.send_task("broker.sweep")
+        _wait(lambda: delivery_states(pg_engine) == ["unconfirmed"], 60, "the sweep")
+        assert len(fake_slack.to(url)) == 1
+        assert len(fake_slack.server.requests_to(url.split(str(fake_slack.server.port))[1])) == 1
+
+        # 2. Redis loses the queued work: nothing is lost, nothing sent twice.
+        stop(worker)
+        [url2] = subscribe(pg_engine, settings, fake_slack, ["lambda-a100-eu"]).values()
+        replay(env, data_dir / "offers" / B)  # enqueues process_events, no worker runs
+        redis.Redis.from_url(redis_url).flushdb()  # ... and Redis forgets it
+        worker = start_worker(env)
+        time.sleep(1.5)  # past the sweep's grace
+        for _ in range(3):
+            celery.send_task("broker.sweep")
+        _wait(lambda: len(fake_slack.messages) == 2, 90, "the swept batch to be alerted")
+        time.sleep(2)
+        assert len(fake_slack.messages) == 2
+        assert delivery_states(pg_engine) == ["unconfirmed", "sent"]
+        model = EdgeModel()
+        model.step(matching(data_dir, A, SUBS["lambda-a100-eu"]["model"]))  # seeded
+        entered, _ = model.step(matching(data_dir, B, SUBS["lambda-a100-eu"]["model"]))
+        [msg] = fake_slack.to(url2)
+        assert entered and msg.text.startswith(f"{len(entered)} new ")
+    finally:
+        stop(worker)
