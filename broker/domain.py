@@ -7,7 +7,8 @@ imports here, and no clock: time is passed in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -284,3 +285,34 @@ class PollResult:
         names |= {e.scope.provider for e in self.scope_errors}
         names |= {o.provider for o in self.offers}
         return sorted(names)
+
+
+#: Shapes of secrets that may turn up in an SDK's error text or a log line: bearer tokens,
+#: key=... query parameters, AWS access key ids, SAS/signature parameters, Slack webhook
+#: paths and tokens, the broker's own API keys.
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(
+        r"(?i)((?:api[_-]?key|key|token|access_token|client_secret|secret|password|sig|"
+        r"signature|x-amz-security-token|x-amz-signature)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"
+    ),
+    re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
+    re.compile(r"(/services/)[A-Za-z0-9_/-]+"),
+    re.compile(r"\bxox[abprse]-[A-Za-z0-9-]+"),
+    re.compile(r"\bgpb_[A-Za-z0-9_-]+"),
+)
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with every known secret and every secret-shaped token replaced by `***`.
+
+    Callers pass the credentials they hold as `secrets`; the patterns catch what an SDK may
+    echo (a bearer header, a `key=` query parameter, an access key id, a Slack webhook path
+    or token, a broker API key).
+    """
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
+    return text

@@ -23,7 +23,6 @@ import difflib
 import importlib
 import logging
 import pkgutil
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, TypeVar
 
 from broker.config import Settings
-from broker.domain import Clock, Offer, PollResult, Quota, Scope, ScopeError
+from broker.domain import Clock, Offer, PollResult, Quota, Scope, ScopeError, redact
 
 log = logging.getLogger(__name__)
 
@@ -100,32 +99,6 @@ class RequestRejected(ProviderError):
     """A 4xx other than auth or rate limit: our request no longer fits the API."""
 
     code = "rejected"
-
-
-#: Shapes of secrets that may turn up in an SDK's error text: bearer tokens, key=... query
-#: parameters, AWS access key ids, SAS/signature parameters.
-_SECRET_PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
-    re.compile(
-        r"(?i)((?:api[_-]?key|key|token|access_token|client_secret|secret|password|sig|"
-        r"signature|x-amz-security-token|x-amz-signature)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"
-    ),
-    re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
-)
-
-
-def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """`text` with every known secret and every secret-shaped token replaced by `***`.
-
-    Adapters pass their own credentials as `secrets`; the patterns catch what an SDK may echo
-    (a bearer header, a `key=` query parameter, an access key id).
-    """
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
-    return text
 
 
 @dataclass

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -33,6 +34,8 @@ class SlackMessage:
     target: str  # the webhook path, or the channel of a bot message
     text: str
     blocks: list[dict[str, Any]]
+    #: When Slack accepted it (`time.time()`), for latency figures.
+    received_at: float = field(default_factory=time.time)
 
 
 def text_response(status: int, text: str, headers: dict[str, str] | None = None) -> FakeResponse:

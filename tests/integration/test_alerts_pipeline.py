@@ -251,3 +251,54 @@ def test_a_lost_batch_and_a_failed_send_are_caught_up_by_the_sweep(
     [msg] = fake_slack.messages
     expected = matching(data_dir, A, SUBS["lambda-h100-eu"]["model"])
     assert msg.text.startswith(f"{len(expected)} new ")
+
+
+def test_leaving_and_reentering_alerts_again(
+    engine: Engine, tmp_path: Path, data_dir: Path, fake_slack: FakeSlack
+) -> None:
+    """Offers withdrawn from a poll leave the match set silently; their return alerts."""
+    import shutil
+
+    settings = Settings(data_dir=tmp_path, slack_webhook_hosts=[fake_slack.host])
+    full = data_dir / "offers" / A
+    cut = tmp_path / "cut" / A
+    cut.mkdir(parents=True)
+    with (full / "lambda.csv").open() as src, (cut / "lambda.csv").open("w") as dst:
+        rows = list(csv.DictReader(src))
+        writer = csv.DictWriter(dst, fieldnames=list(rows[0]))
+        writer.writeheader()
+        dropped = [
+            r for r in rows if r["AcceleratorName"] == "H100" and r["Region"] == "europe-central-1"
+        ]
+        writer.writerows(r for r in rows if r not in dropped)
+    assert dropped
+    shutil.copytree(full / "hosts", cut / "hosts")  # unused by lambda; keeps the folder whole
+    url = fake_slack.webhook()
+    now = datetime(2026, 5, 9, tzinfo=UTC)
+    with session_scope(engine) as session:
+        team = get_or_create_team(session, "alpha", clock=lambda: now)
+        assert team.id is not None
+        body = alerts.SubscriptionIn.model_validate(
+            {
+                "name": "h100",
+                "filter": SUBS["lambda-h100-eu"]["filter"],
+                "channel": {"type": "slack_webhook", "url": url},
+            }
+        )
+        alerts.create_subscription(
+            session, team.id, body, actor="t", settings=settings, clock=lambda: now
+        )
+    for i, folder in enumerate([full, cut, full]):
+        tick = Tick(now + timedelta(hours=i))
+        result = replay.read_snapshot(folder, fetched_at=tick())
+        replay_results(
+            engine,
+            [(folder.name, result)],
+            clock=tick,
+            after=functools.partial(pipeline_of, engine, settings, tick),
+        )
+    texts = [m.text for m in fake_slack.to(url)]
+    expected_all = matching(data_dir, A, SUBS["lambda-h100-eu"]["model"])
+    assert len(texts) == 2
+    assert texts[0].startswith(f"{len(expected_all)} new ")
+    assert texts[1].startswith(f"{len(dropped)} new "), texts[1]

@@ -27,16 +27,20 @@ REDIS_URL = os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
+def redis_url(worker_id: str) -> Iterator[str]:
+    """A Redis database of this xdist worker's own (15, 14, ...): Celery workers started by
+    tests in parallel must not take each other's tasks."""
+    n = int(worker_id[2:]) if worker_id.startswith("gw") else 0
+    url = REDIS_URL if n == 0 else REDIS_URL.rsplit("/", 1)[0] + f"/{15 - n}"
     try:
-        client = redis.Redis.from_url(REDIS_URL)
+        client = redis.Redis.from_url(url)
         client.ping()
     except redis.exceptions.RedisError as exc:
         if os.environ.get("CI"):
-            pytest.fail(f"Redis not reachable at {REDIS_URL}: {exc}")
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+            pytest.fail(f"Redis not reachable at {url}: {exc}")
+        pytest.skip(f"Redis not reachable at {url}: {exc}")
     client.flushdb()
-    yield REDIS_URL
+    yield url
     client.flushdb()
 
 
