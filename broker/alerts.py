@@ -829,29 +829,7 @@ def offer_link(key: str, settings: Settings) -> str:
 
 
 def _ttp_text(o: Any, cfg: ScoringConfig, now: datetime) -> str:
-    ttp = time_to_power(
-        MarketOffer(
-            key=o.key,
-            provider=o.provider,
-            region=o.region,
-            instance_type=o.instance_type,
-            market=Market(o.market),
-            gpu_model=o.gpu_model,
-            gpu_count=o.gpu_count,
-            price_per_hour=o.price_per_hour,
-            price_per_gpu_hour=o.price_per_gpu_hour,
-            country=o.country,
-            jurisdiction=o.jurisdiction,
-            availability=Availability(o.availability),
-            available_count=o.available_count,
-            earliest_start=o.earliest_start,
-            upfront_fee=o.upfront_fee,
-            vcpus=o.vcpus,
-            last_seen=o.last_seen,
-        ),
-        now,
-        cfg,
-    )
+    ttp = time_to_power(MarketOffer.from_row(o), now, cfg)
     if ttp is None:
         return "time to power unknown"
     return f"ready in ~{ttp.hours:.2g} h ({ttp.basis})"

@@ -450,31 +450,7 @@ def _load_market(session: Session) -> MarketSnapshot:
     rows = session.connection().execute(stmt).all()
     sold_out = [r.id for r in rows if r.availability == Availability.UNAVAILABLE]
     histories = _sellout_histories(session, sold_out) if sold_out else {}
-    offers = [
-        MarketOffer(
-            key=r.key,
-            provider=r.provider,
-            region=r.region,
-            instance_type=r.instance_type,
-            market=Market(r.market),
-            gpu_model=r.gpu_model,
-            gpu_count=r.gpu_count,
-            price_per_hour=r.price_per_hour,
-            price_per_gpu_hour=r.price_per_gpu_hour,
-            country=r.country,
-            jurisdiction=r.jurisdiction,
-            availability=Availability(r.availability),
-            available_count=r.available_count,
-            earliest_start=r.earliest_start,
-            min_duration_hours=r.min_duration_hours,
-            max_duration_hours=r.max_duration_hours,
-            upfront_fee=r.upfront_fee,
-            vcpus=r.vcpus,
-            last_seen=r.last_seen,
-            history=histories.get(r.id),
-        )
-        for r in rows
-    ]
+    offers = [MarketOffer.from_row(r, histories.get(r.id)) for r in rows]
     quotas = [
         QuotaView(
             provider=q.provider,

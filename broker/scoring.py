@@ -205,6 +205,32 @@ class MarketOffer:
     last_seen: datetime | None = None
     history: History | None = None
 
+    @classmethod
+    def from_row(cls, r: Any, history: History | None = None) -> MarketOffer:
+        """From a row of the `offers` table (any object with its columns as attributes)."""
+        return cls(
+            key=r.key,
+            provider=r.provider,
+            region=r.region,
+            instance_type=r.instance_type,
+            market=Market(r.market),
+            gpu_model=r.gpu_model,
+            gpu_count=r.gpu_count,
+            price_per_hour=r.price_per_hour,
+            price_per_gpu_hour=r.price_per_gpu_hour,
+            country=r.country,
+            jurisdiction=r.jurisdiction,
+            availability=Availability(r.availability),
+            available_count=r.available_count,
+            earliest_start=r.earliest_start,
+            min_duration_hours=r.min_duration_hours,
+            max_duration_hours=r.max_duration_hours,
+            upfront_fee=r.upfront_fee,
+            vcpus=r.vcpus,
+            last_seen=r.last_seen,
+            history=history,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class QuotaView:

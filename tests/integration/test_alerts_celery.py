@@ -17,13 +17,10 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select
 
-from broker import alerts
-from broker.auth import get_or_create_team
 from broker.config import Settings
-from broker.db import session_scope
 from broker.models import AlertDelivery, PollRun
 from tests.fakes.slack import FakeSlack, slack
-from tests.integration.test_alerts_pipeline import SUBS, A, B, EdgeModel, matching
+from tests.integration.test_alerts_pipeline import SUBS, A, B, EdgeModel, matching, subscribe
 from tests.integration.test_production_mode import _env, _wait, pg_engine, redis_url
 
 __all__ = ["pg_engine", "redis_url"]
@@ -47,26 +44,6 @@ def env_for(
         **extra,
     )
     return env
-
-
-def subscribe(
-    engine: Engine, settings: Settings, fake: FakeSlack, names: list[str]
-) -> dict[str, str]:
-    urls = {}
-    with session_scope(engine) as session:
-        team = get_or_create_team(session, "prod")
-        assert team.id is not None
-        for name in names:
-            urls[name] = fake.webhook(name.replace("-", ""))
-            body = alerts.SubscriptionIn.model_validate(
-                {
-                    "name": name,
-                    "filter": SUBS[name]["filter"],
-                    "channel": {"type": "slack_webhook", "url": urls[name]},
-                }
-            )
-            alerts.create_subscription(session, team.id, body, actor="t", settings=settings)
-    return urls
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:

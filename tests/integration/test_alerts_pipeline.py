@@ -113,6 +113,34 @@ class Tick:
         return self.at
 
 
+def subscribe(
+    engine: Engine,
+    settings: Settings,
+    fake: FakeSlack,
+    names: list[str],
+    now: datetime | None = None,
+) -> dict[str, str]:
+    """Subscribe a new webhook of `fake` per name of SUBS (team `alpha`); name -> URL."""
+    clock = Tick(now or datetime.now(UTC))
+    urls = {}
+    with session_scope(engine) as session:
+        team = get_or_create_team(session, "alpha", clock=clock)
+        assert team.id is not None
+        for name in names:
+            urls[name] = fake.webhook(name.replace("-", ""))
+            body = alerts.SubscriptionIn.model_validate(
+                {
+                    "name": name,
+                    "filter": SUBS[name]["filter"],
+                    "channel": {"type": "slack_webhook", "url": urls[name]},
+                }
+            )
+            alerts.create_subscription(
+                session, team.id, body, actor="test", settings=settings, clock=clock
+            )
+    return urls
+
+
 @pytest.fixture
 def fake_slack() -> Iterator[FakeSlack]:
     yield from slack()
@@ -128,23 +156,7 @@ def test_two_real_snapshots_alert_exactly_the_changes(
     )
     settings.alerts.max_offers_per_message = 5
     now = datetime(2026, 5, 9, tzinfo=UTC)
-    urls: dict[str, str] = {}
-    with session_scope(engine) as session:
-        team = get_or_create_team(session, "alpha", clock=lambda: now)
-        for name, spec in SUBS.items():
-            urls[name] = fake_slack.webhook(name.replace("-", ""))
-            body = alerts.SubscriptionIn.model_validate(
-                {
-                    "name": name,
-                    "filter": spec["filter"],
-                    "channel": {"type": "slack_webhook", "url": urls[name]},
-                }
-            )
-            assert team.id is not None
-            _, seeded = alerts.create_subscription(
-                session, team.id, body, actor="test", settings=settings, clock=lambda: now
-            )
-            assert seeded == 0  # an empty market
+    urls = subscribe(engine, settings, fake_slack, list(SUBS), now)
 
     models = {name: EdgeModel() for name in SUBS}
     plays = [A, B, B, A]
@@ -222,20 +234,7 @@ def test_a_lost_batch_and_a_failed_send_are_caught_up_by_the_sweep(
     settings = Settings(data_dir=tmp_path, slack_webhook_hosts=[fake_slack.host])
     settings.alerts.sweep_grace_s = 60
     now = datetime(2026, 5, 9, tzinfo=UTC)
-    url = fake_slack.webhook()
-    with session_scope(engine) as session:
-        team = get_or_create_team(session, "alpha", clock=lambda: now)
-        assert team.id is not None
-        body = alerts.SubscriptionIn.model_validate(
-            {
-                "name": "h100",
-                "filter": SUBS["lambda-h100-eu"]["filter"],
-                "channel": {"type": "slack_webhook", "url": url},
-            }
-        )
-        alerts.create_subscription(
-            session, team.id, body, actor="t", settings=settings, clock=lambda: now
-        )
+    [url] = subscribe(engine, settings, fake_slack, ["lambda-h100-eu"], now).values()
     result = replay.read_snapshot(data_dir / "offers" / A, fetched_at=now)
     replay_results(engine, [(A, result)], clock=lambda: now)  # no pipeline: "lost"
     assert sweep_embedded(engine, settings, lambda: now)["batches"] == 0  # within grace
@@ -273,21 +272,8 @@ def test_leaving_and_reentering_alerts_again(
         writer.writerows(r for r in rows if r not in dropped)
     assert dropped
     shutil.copytree(full / "hosts", cut / "hosts")  # unused by lambda; keeps the folder whole
-    url = fake_slack.webhook()
     now = datetime(2026, 5, 9, tzinfo=UTC)
-    with session_scope(engine) as session:
-        team = get_or_create_team(session, "alpha", clock=lambda: now)
-        assert team.id is not None
-        body = alerts.SubscriptionIn.model_validate(
-            {
-                "name": "h100",
-                "filter": SUBS["lambda-h100-eu"]["filter"],
-                "channel": {"type": "slack_webhook", "url": url},
-            }
-        )
-        alerts.create_subscription(
-            session, team.id, body, actor="t", settings=settings, clock=lambda: now
-        )
+    [url] = subscribe(engine, settings, fake_slack, ["lambda-h100-eu"], now).values()
     for i, folder in enumerate([full, cut, full]):
         tick = Tick(now + timedelta(hours=i))
         result = replay.read_snapshot(folder, fetched_at=tick())
