@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import re
 import sys
 from collections import Counter
@@ -30,6 +29,7 @@ from sqlmodel import Session
 from broker import auth, db, gpus
 from broker.config import Settings, get_settings
 from broker.domain import Clock, Market, PollResult, ProviderStatus, utcnow
+from broker.logs import configure_logging
 from broker.offers import (
     GROUP_FIELDS,
     OUTPUT_FIELDS,
@@ -91,10 +91,7 @@ def _ready_engine(state: CliState) -> Engine:
 @app.callback()
 def _main(ctx: typer.Context) -> None:
     state = _state(ctx)
-    logging.basicConfig(
-        level=state.settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(state.settings.log_level, state.settings.log_format)
 
 
 # ------------------------------------------------------------------------------ db
@@ -602,6 +599,9 @@ def serve(
             host=host,
             port=port,
             log_level=state.settings.log_level.lower(),
+            # uvicorn's loggers propagate to the root handler of `configure_logging`:
+            # one format, and access lines (raw URLs, query strings) redacted.
+            log_config=None,
             server_header=False,
         )
     finally:
@@ -716,16 +716,69 @@ def _production(state: Any) -> str:
     return url
 
 
+def _serve_metrics(settings: Settings, port: int | None, *, multiprocess: bool) -> None:
+    """Serve this process's metrics on `port` (`--metrics-port`, else
+    `BROKER_METRICS_PORT`), if set. A prefork worker's pool processes write to a shared
+    directory (prometheus-client's multiprocess mode, `PROMETHEUS_MULTIPROC_DIR`, a fresh
+    temporary one when unset) that the parent serves; the mode must be chosen before
+    prometheus-client is first imported, which nothing on the way here does."""
+    port = port if port is not None else settings.metrics_port
+    if port is None:
+        return
+    import os
+
+    if multiprocess and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        import atexit
+        import shutil
+        import tempfile
+
+        if "prometheus_client" in sys.modules:
+            err.print(
+                "prometheus-client was imported before PROMETHEUS_MULTIPROC_DIR was set: "
+                "the pool processes' metrics will be missing (set it in the environment)",
+                highlight=False,
+            )
+        path = tempfile.mkdtemp(prefix="broker-prom-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+    registry = REGISTRY
+    if multiprocess:
+        from prometheus_client import multiprocess as mp
+
+        registry = CollectorRegistry()
+        mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=settings.metrics_host, registry=registry)
+    err.print(f"metrics on http://{settings.metrics_host}:{port}/metrics", highlight=False)
+
+
+_MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="Serve this process's Prometheus metrics on this port (default: "
+        "BROKER_METRICS_PORT; host BROKER_METRICS_HOST, 127.0.0.1 unless set).",
+        show_default=False,
+    ),
+]
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
-def worker(ctx: typer.Context) -> None:
+def worker(ctx: typer.Context, metrics_port: _MetricsPort = None) -> None:
     """Run a Celery worker of the event pipeline (production mode; any number of them).
 
-    Extra arguments go to `celery worker` (e.g. `--concurrency 4 --loglevel INFO`)."""
+    Extra arguments go to `celery worker` (e.g. `--concurrency 4 --loglevel INFO`). With
+    `BROKER_METRICS_PORT` its Prometheus metrics (poll duration, deliveries, event → Slack
+    latency; all pool processes together) are served on that port."""
     state = _state(ctx)
     url = _production(state)
     _ready_engine(state)
+    _serve_metrics(state.settings, metrics_port, multiprocess=True)
     from workers.celery_app import make_app
 
     make_app(url).worker_main(["worker", *ctx.args])
@@ -737,6 +790,7 @@ def scheduler(
     lock_ttl_s: Annotated[
         float, typer.Option(help="Leader lock TTL: a standby takes over this long after.")
     ] = 15.0,
+    metrics_port: _MetricsPort = None,
 ) -> None:
     """Schedule polls (production mode). Run two for failover: one leads, one waits."""
     import signal
@@ -744,6 +798,7 @@ def scheduler(
     state = _state(ctx)
     _production(state)
     _ready_engine(state)
+    _serve_metrics(state.settings, metrics_port, multiprocess=False)
     from workers.scheduler import LeaderScheduler, identity
     from workers.tasks import poll as poll_task
     from workers.tasks import sweep as sweep_task

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -294,6 +294,12 @@ class Settings(BaseSettings):
     vast: VastSettings = Field(default_factory=VastSettings)
     verda: VerdaSettings = Field(default_factory=VerdaSettings)
     log_level: str = "WARNING"
+    #: `text` (human) or `json` (one object per line, for log shippers); secrets redacted.
+    log_format: Literal["text", "json"] = "text"
+    #: `broker worker` / `broker scheduler`: serve this process's Prometheus metrics on this
+    #: port (127.0.0.1 unless `metrics_host`); the API serves them at /metrics.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     _split_hosts = field_validator("slack_webhook_hosts", mode="before")(_split_list)
 

@@ -428,3 +428,20 @@ class AlertDelivery(SQLModel, table=True):
     claimed_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     last_error: str | None = Field(default=None, sa_column=Column(String(1000)))
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A POST made with an `Idempotency-Key` header: claimed in the transaction that creates
+    the object, holding the answer once it is made, so a retried POST replays it."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("team_id", "key", name="uq_idempotency_keys_team_key"),)
+
+    id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
+    team_id: int = Field(sa_column=Column(ID, ForeignKey("teams.id"), nullable=False))
+    key: str = Field(sa_column=Column(String(255), nullable=False))
+    #: SHA-256 of method, path and body: the same key with another request is refused.
+    fingerprint: str = Field(sa_column=Column(String(64), nullable=False))
+    status: int | None = Field(default=None, sa_column=Column(Integer))
+    response: Any = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

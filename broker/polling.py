@@ -49,10 +49,13 @@ def fetch_safely(source: Source, clock: Clock = utcnow) -> PollResult:
 def poll_source(
     engine: Engine, source: Source, *, clock: Clock = utcnow, label: str | None = None
 ) -> IngestResult:
-    """Fetch once and ingest the result in one transaction."""
-    result = fetch_safely(source, clock)
-    with session_scope(engine) as session:
-        return ingest_poll(session, result, source=source.name, label=label, clock=clock)
+    """Fetch once and ingest the result in one transaction (timed for /metrics)."""
+    from broker.metrics import POLL_DURATION
+
+    with POLL_DURATION.labels(provider=source.name).time():
+        result = fetch_safely(source, clock)
+        with session_scope(engine) as session:
+            return ingest_poll(session, result, source=source.name, label=label, clock=clock)
 
 
 @dataclass

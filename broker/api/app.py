@@ -21,6 +21,7 @@ from broker.api.errors import ErrorBody
 from broker.api.routes import (
     events,
     health,
+    metrics,
     offers,
     providers,
     reports,
@@ -34,7 +35,7 @@ from broker.domain import Clock, utcnow
 from broker.sources import SourceCatalog
 
 #: Served without authentication.
-PUBLIC_ROUTERS: list[APIRouter] = [health.router]
+PUBLIC_ROUTERS: list[APIRouter] = [health.router, metrics.router]
 #: Served under /v1, every route behind an API key.
 V1_ROUTERS: list[APIRouter] = [
     offers.router,
@@ -108,6 +109,7 @@ def create_app(
     app.state.sources = SourceCatalog(settings, clock)
     errors.install(app)
     app.add_middleware(RejectNul)
+    app.add_middleware(metrics.HttpMetrics)
     for router in PUBLIC_ROUTERS:
         app.include_router(router)
     for router in V1_ROUTERS:

@@ -11,12 +11,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from sqlmodel import Session
 
 from broker import requests as capacity
 from broker.api.deps import ClockDep, CurrentPrincipal, SessionDep, SettingsDep, require_role
 from broker.api.errors import ApiError, not_found
+from broker.api.idempotency import IdempotencyDep
 from broker.api.pagination import (
     CursorQuery,
     LimitQuery,
@@ -112,11 +114,15 @@ def create(
     principal: Member,
     settings: SettingsDep,
     clock: ClockDep,
-) -> RequestPublic:
+    idem: IdempotencyDep,
+) -> RequestPublic | JSONResponse:
     """Submit a capacity request; it is scored at once (`best_option`, state `matched` when
-    the market has an option, else `open`)."""
+    the market has an option, else `open`). With `Idempotency-Key`, a retry returns the
+    first answer."""
+    if (replayed := idem.claim(session, principal)) is not None:
+        return replayed
     row = capacity.create_request(session, principal.team_id, body, settings=settings, clock=clock)
-    return _public(row)
+    return idem.remember(session, 201, _public(row))
 
 
 @router.get("", response_model=Page[RequestPublic])

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, PlainSerializer
 from sqlmodel import Session
 
@@ -21,6 +22,7 @@ from broker import ledger
 from broker import requests as capacity
 from broker.api.deps import ClockDep, CurrentPrincipal, SessionDep, SettingsDep, require_role
 from broker.api.errors import ApiError, not_found
+from broker.api.idempotency import IdempotencyDep
 from broker.api.pagination import (
     MAX_ID,
     CursorQuery,
@@ -177,6 +179,7 @@ async def _csv_body(request: Request) -> bytes:
             raise ApiError(
                 413, "payload_too_large", f"the CSV is larger than {ledger.MAX_CSV_BYTES:,} bytes"
             )
+    request._body = data  # Starlette's cache: later readers (Idempotency-Key) see the body
     return data
 
 
@@ -199,7 +202,8 @@ def reserve(
     principal: Member,
     settings: SettingsDep,
     clock: ClockDep,
-) -> Booked:
+    idem: IdempotencyDep,
+) -> Booked | JSONResponse:
     """Book a chosen option of the request's recommendations: `offers` (each `key` with
     `instances` or `gpus`, as an option lists them), `starts_at` (default now, or a
     capacity block's start) and `duration_hours` (default the request's). One `held`
@@ -209,6 +213,8 @@ def reserve(
     row = capacity.get_request(session, principal.team_id, request_id)
     if row is None:
         raise not_found(f"no capacity request {request_id} in team {principal.team}")
+    if (replayed := idem.claim(session, principal)) is not None:
+        return replayed
     try:
         booking = ledger.reserve(
             session, row, body, actor=actor_of(principal), settings=settings, now=clock()
@@ -218,10 +224,14 @@ def reserve(
     except ledger.LedgerConflict as exc:
         raise _conflict(exc) from None
     assert row.id is not None
-    return Booked(
-        request_id=row.id,
-        request_state=booking.request.state,
-        reservations=[_public(r) for r in booking.reservations],
+    return idem.remember(
+        session,
+        201,
+        Booked(
+            request_id=row.id,
+            request_state=booking.request.state,
+            reservations=[_public(r) for r in booking.reservations],
+        ),
     )
 
 
@@ -238,13 +248,16 @@ def record(
     session: SessionDep,
     principal: Member,
     clock: ClockDep,
-) -> ReservationPublic:
+    idem: IdempotencyDep,
+) -> ReservationPublic | JSONResponse:
     """Record a commitment made outside the broker (`active`, or `held` if asked; `expired`
     if already over)."""
+    if (replayed := idem.claim(session, principal)) is not None:
+        return replayed
     row = ledger.record_commitment(
         session, principal.team_id, body, actor=actor_of(principal), now=clock()
     )
-    return _public(row)
+    return idem.remember(session, 201, _public(row))
 
 
 @router.post(
@@ -253,18 +266,28 @@ def record(
     response_model=Imported,
     openapi_extra=CSV_BODY,
 )
-def import_(data: CsvBody, session: SessionDep, principal: Member, clock: ClockDep) -> Imported:
+def import_(
+    data: CsvBody,
+    session: SessionDep,
+    principal: Member,
+    clock: ClockDep,
+    idem: IdempotencyDep,
+) -> Imported | JSONResponse:
     """A CSV of commitments (header: the fields of `POST /v1/reservations`; `provider,
     gpu_model, gpus, region, starts_at, ends_at, rate_per_gpu_hour, kind` required). All
     rows or none: any bad row is a 422 `invalid_csv` whose `details` name each bad
     `line` and `field`."""
+    if (replayed := idem.claim(session, principal)) is not None:
+        return replayed
     try:
         rows = ledger.import_commitments(
             session, principal.team_id, data, actor=actor_of(principal), now=clock()
         )
     except ledger.LedgerInvalid as exc:
         raise _invalid(exc) from None
-    return Imported(imported=len(rows), reservations=[_public(r) for r in rows])
+    return idem.remember(
+        session, 201, Imported(imported=len(rows), reservations=[_public(r) for r in rows])
+    )
 
 
 @router.post(

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Response, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
@@ -24,6 +25,7 @@ from broker.api.deps import (
     require_role,
 )
 from broker.api.errors import ApiError, not_found
+from broker.api.idempotency import IdempotencyDep
 from broker.api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
 from broker.auth import Principal
 from broker.models import AlertSubscription
@@ -91,10 +93,14 @@ def create(
     principal: Member,
     settings: SettingsDep,
     clock: ClockDep,
-) -> SubscriptionPublic:
+    idem: IdempotencyDep,
+) -> SubscriptionPublic | JSONResponse:
     """Subscribe a Slack channel to offers passing `filter` (alerts when an offer enters the
     filter, or gets `price_drop_pct` cheaper) or to a request's best option. What matches
-    now is taken as known: alerts start with the next change."""
+    now is taken as known: alerts start with the next change. With `Idempotency-Key`, a
+    retry returns the first answer."""
+    if (replayed := idem.claim(session, principal)) is not None:
+        return replayed
     try:
         row, matching = alerts.create_subscription(
             session,
@@ -106,7 +112,7 @@ def create(
         )
     except alerts.AlertError as exc:
         raise _alert_error(exc) from None
-    return _public(row, matching)
+    return idem.remember(session, 201, _public(row, matching))
 
 
 @router.get("", response_model=Page[SubscriptionPublic])
