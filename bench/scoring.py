@@ -71,7 +71,9 @@ def rescoring(db_url: str) -> dict[str, Any]:
     from broker.requests import RequestIn, create_request
     from providers.replay import read_snapshot
 
-    settings = Settings(database_url=db_url, data_dir=Path(tempfile.gettempdir()))
+    settings = Settings(
+        database_url=db_url, data_dir=Path(tempfile.gettempdir()), rate_limit_per_minute=0
+    )
     engine = db.make_engine(url=settings.effective_database_url)
     db.upgrade(engine)
     before = read_snapshot(DATA / "offers" / "2026-05-08T2152", T0 - timedelta(minutes=5))
@@ -128,7 +130,9 @@ def api_latency(db_url: str, calls: int = 300) -> dict[str, Any]:
     from broker.offers import ingest_poll
     from providers.replay import read_snapshot
 
-    settings = Settings(database_url=db_url, data_dir=Path(tempfile.gettempdir()))
+    settings = Settings(
+        database_url=db_url, data_dir=Path(tempfile.gettempdir()), rate_limit_per_minute=0
+    )
     engine = db.make_engine(url=settings.effective_database_url)
     db.upgrade(engine)
     with db.session_scope(engine) as s:

@@ -294,6 +294,10 @@ class Settings(BaseSettings):
     vast: VastSettings = Field(default_factory=VastSettings)
     verda: VerdaSettings = Field(default_factory=VerdaSettings)
     log_level: str = "WARNING"
+    #: Requests a minute per API key (0 = unlimited), and the burst a key may spend at
+    #: once; over it the API answers 429 with Retry-After (`broker.api.ratelimit`).
+    rate_limit_per_minute: int = Field(default=1200, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
     #: `text` (human) or `json` (one object per line, for log shippers); secrets redacted.
     log_format: Literal["text", "json"] = "text"
     #: `broker worker` / `broker scheduler`: serve this process's Prometheus metrics on this

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from broker.api import errors
 from broker.api.deps import get_principal
 from broker.api.errors import ErrorBody
+from broker.api.ratelimit import RateLimiter
 from broker.api.routes import (
     events,
     health,
@@ -53,6 +54,7 @@ _V1_ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody, "description": "The key's role may not do this."},
     404: {"model": ErrorBody, "description": "No such resource."},
     422: {"model": ErrorBody, "description": "A parameter or body field is invalid."},
+    429: {"model": ErrorBody, "description": "This API key is over its rate (Retry-After)."},
 }
 
 
@@ -107,6 +109,7 @@ def create_app(
     app.state.engine = engine if engine is not None else make_engine(settings)
     app.state.clock = clock
     app.state.sources = SourceCatalog(settings, clock)
+    app.state.rate_limiter = RateLimiter(settings)
     errors.install(app)
     app.add_middleware(RejectNul)
     app.add_middleware(metrics.HttpMetrics)

@@ -62,6 +62,7 @@ bearer = HTTPBearer(
 
 
 def get_principal(
+    request: Request,
     engine: EngineDep,
     clock: ClockDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -79,6 +80,7 @@ def get_principal(
         principal = verify_key(session, credentials.credentials, clock=clock)
     if principal is None:
         raise unauthenticated("invalid or revoked API key")
+    request.app.state.rate_limiter.check(principal.key_id)
     return principal
 
 

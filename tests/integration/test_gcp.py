@@ -71,7 +71,7 @@ def make(
         "project": PROJECT,
         "api_endpoint": fake.url,
         "billing_endpoint": fake.url,
-        "timeout_s": 0.3,
+        "timeout_s": 1.0,  # room for a loaded CI machine; the faults below wait 3 s
         "max_attempts": 1,
         "max_retry_after_s": 5.0,
         "attachable_gpus": True,  # the fixture's N1 GPUs; the default is off (see below)
@@ -414,7 +414,7 @@ def test_regions_setting_limits_scopes_and_skips_regions_without_gpus(
 def test_timeout_in_one_region_fails_only_that_region(
     gcp: GcpFake, fake_http: FakeHttpServer
 ) -> None:
-    fake_http.fail("GET", gcp.region_path(NL), FakeResponse(json={}, delay_s=1.0))
+    fake_http.fail("GET", gcp.region_path(NL), FakeResponse(json={}, delay_s=3.0))
     result = make(gcp).fetch()
     scope, code, message = only_error(result)
     assert (scope, code) == (Scope("gcp", NL), "timeout")
@@ -425,7 +425,7 @@ def test_timeout_in_one_region_fails_only_that_region(
 
 
 def test_timeout_on_the_price_list_fails_the_poll(gcp: GcpFake, fake_http: FakeHttpServer) -> None:
-    fake_http.fail("GET", gcp.skus_path, FakeResponse(json={"skus": []}, delay_s=1.0))
+    fake_http.fail("GET", gcp.skus_path, FakeResponse(json={"skus": []}, delay_s=3.0))
     result = make(gcp).fetch()
     assert only_error(result)[:2] == (Scope("gcp"), "timeout")
     assert result.offers == () and result.scopes_ok == ()
