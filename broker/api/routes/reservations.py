@@ -267,9 +267,9 @@ def record(
     openapi_extra=CSV_BODY,
 )
 def import_(
+    principal: Member,  # first: a viewer is refused before the body is read
     data: CsvBody,
     session: SessionDep,
-    principal: Member,
     clock: ClockDep,
     idem: IdempotencyDep,
 ) -> Imported | JSONResponse:
@@ -297,7 +297,7 @@ def import_(
     openapi_extra=CSV_BODY,
 )
 def import_usage(
-    data: CsvBody, session: SessionDep, principal: Member, clock: ClockDep
+    principal: Member, data: CsvBody, session: SessionDep, clock: ClockDep
 ) -> UsageImported:
     """A CSV of usage: `reservation_id, period_start, period_end, gpu_hours`. All rows or
     none (422 `invalid_csv` naming each bad line and field)."""
