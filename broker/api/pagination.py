@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Query
+from fastapi import Path, Query
 from pydantic import BaseModel, Field
 
 from broker.api.errors import ApiError
@@ -25,6 +25,10 @@ MAX_LIMIT = 500
 MAX_CURSOR_LEN = 2048
 #: Ids are 64-bit signed on PostgreSQL and SQLite.
 MAX_ID = 2**63 - 1
+#: Path ids: positive and within a BIGINT, so no input reaches the database out of range.
+RequestId = Annotated[int, Path(ge=1, le=MAX_ID, description="A capacity request id.")]
+ReservationId = Annotated[int, Path(ge=1, le=MAX_ID, description="A reservation id.")]
+SubscriptionId = Annotated[int, Path(ge=1, le=MAX_ID, description="A subscription id.")]
 
 LimitQuery = Annotated[
     int,

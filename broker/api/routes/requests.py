@@ -23,6 +23,7 @@ from broker.api.pagination import (
     CursorQuery,
     LimitQuery,
     Page,
+    RequestId,
     decode_cursor,
     encode_cursor,
 )
@@ -151,13 +152,13 @@ def list_(
 
 
 @router.get("/{request_id}", response_model=RequestPublic)
-def read(request_id: int, session: SessionDep, principal: CurrentPrincipal) -> RequestPublic:
+def read(request_id: RequestId, session: SessionDep, principal: CurrentPrincipal) -> RequestPublic:
     return _public(_own(session, principal, request_id))
 
 
 @router.patch("/{request_id}", response_model=RequestPublic)
 def patch(
-    request_id: int,
+    request_id: RequestId,
     body: Annotated[capacity.RequestPatch, Body()],
     session: SessionDep,
     principal: Member,
@@ -182,7 +183,7 @@ def patch(
 
 @router.delete("/{request_id}", response_model=RequestPublic)
 def cancel(
-    request_id: int,
+    request_id: RequestId,
     session: SessionDep,
     principal: Member,
     settings: SettingsDep,
@@ -206,7 +207,7 @@ def cancel(
 
 @router.get("/{request_id}/recommendations", response_model=Recommendations)
 def recommendations(
-    request_id: int,
+    request_id: RequestId,
     session: SessionDep,
     principal: CurrentPrincipal,
     settings: SettingsDep,
@@ -226,7 +227,7 @@ def recommendations(
 
 @router.get("/{request_id}/events", response_model=Page[RequestEventPublic])
 def events(
-    request_id: int,
+    request_id: RequestId,
     session: SessionDep,
     principal: CurrentPrincipal,
     limit: LimitQuery = 50,

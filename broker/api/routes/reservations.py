@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, status
+from fastapi import APIRouter, Body, Depends, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, PlainSerializer
 from sqlmodel import Session
@@ -24,10 +24,11 @@ from broker.api.deps import ClockDep, CurrentPrincipal, SessionDep, SettingsDep,
 from broker.api.errors import ApiError, not_found
 from broker.api.idempotency import IdempotencyDep
 from broker.api.pagination import (
-    MAX_ID,
     CursorQuery,
     LimitQuery,
     Page,
+    RequestId,
+    ReservationId,
     decode_cursor,
     encode_cursor,
 )
@@ -37,8 +38,6 @@ from broker.models import Reservation
 router = APIRouter(tags=["reservations"])
 
 Member = Annotated[Principal, Depends(require_role("member"))]
-ReservationId = Annotated[int, Path(ge=1, le=MAX_ID, description="A reservation id.")]
-RequestId = Annotated[int, Path(ge=1, le=MAX_ID, description="A capacity request id.")]
 
 
 def _count(value: Decimal) -> int | float:

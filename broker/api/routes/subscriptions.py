@@ -26,7 +26,14 @@ from broker.api.deps import (
 )
 from broker.api.errors import ApiError, not_found
 from broker.api.idempotency import IdempotencyDep
-from broker.api.pagination import CursorQuery, LimitQuery, Page, decode_cursor, encode_cursor
+from broker.api.pagination import (
+    CursorQuery,
+    LimitQuery,
+    Page,
+    SubscriptionId,
+    decode_cursor,
+    encode_cursor,
+)
 from broker.auth import Principal
 from broker.models import AlertSubscription
 
@@ -132,14 +139,14 @@ def list_(
 
 @router.get("/{subscription_id}", response_model=SubscriptionPublic)
 def read(
-    subscription_id: int, session: SessionDep, principal: CurrentPrincipal
+    subscription_id: SubscriptionId, session: SessionDep, principal: CurrentPrincipal
 ) -> SubscriptionPublic:
     return _public(_own(session, principal, subscription_id))
 
 
 @router.patch("/{subscription_id}", response_model=SubscriptionPublic)
 def patch(
-    subscription_id: int,
+    subscription_id: SubscriptionId,
     body: Annotated[alerts.SubscriptionPatch, Body()],
     session: SessionDep,
     principal: Member,
@@ -161,7 +168,7 @@ def patch(
 
 @router.delete("/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete(
-    subscription_id: int, session: SessionDep, principal: Member, clock: ClockDep
+    subscription_id: SubscriptionId, session: SessionDep, principal: Member, clock: ClockDep
 ) -> Response:
     """Stop the alerts; unsent deliveries are cancelled."""
     row = _own(session, principal, subscription_id)
@@ -171,7 +178,7 @@ def delete(
 
 @router.post("/{subscription_id}/test", response_model=DeliveryPublic)
 def send_test(
-    subscription_id: int,
+    subscription_id: SubscriptionId,
     session: SessionDep,
     engine: EngineDep,
     principal: Member,
@@ -189,7 +196,7 @@ def send_test(
 
 @router.get("/{subscription_id}/deliveries", response_model=Page[DeliveryPublic])
 def deliveries(
-    subscription_id: int,
+    subscription_id: SubscriptionId,
     session: SessionDep,
     principal: CurrentPrincipal,
     limit: LimitQuery = 50,
