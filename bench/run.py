@@ -2,10 +2,11 @@
 
 Sections: ingest (below), scoring (`bench/scoring.py`: recommendations through the API,
 rescoring 1,000 requests), alerts (`bench/alerts.py`: matching 1,000 subscriptions,
-poll-to-Slack latency embedded and with Celery) and one per provider adapter
-(`bench/adapter_*.py`: a full poll against its local fake). `--only
-ingest|scoring|alerts|adapters` runs one section (the others keep their last figures out of
-the file: it is rewritten whole).
+poll-to-Slack latency embedded and with Celery), load (`bench/load.py`: a sustained request
+rate on two API processes over PostgreSQL, quiet and during a full re-poll; PostgreSQL only)
+and one per provider adapter (`bench/adapter_*.py`: a full poll against its local fake).
+`--only ingest|scoring|alerts|load|adapters` runs one section (the others keep their last
+figures out of the file: it is rewritten whole).
 
 Ingest cases, each on SQLite (a temp file) and PostgreSQL (a temp database, when reachable):
 - the largest snapshot of `../shared/data/offers` (all its clouds): cold ingest into an empty
@@ -189,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=3, metavar=("CASE", "FOLDER", "DB_URL"))
     parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
-    parser.add_argument("--only", choices=["ingest", "scoring", "alerts", "adapters"])
+    parser.add_argument("--only", choices=["ingest", "scoring", "alerts", "load", "adapters"])
     args = parser.parse_args()
     if args.worker:
         case, folder, url = args.worker
@@ -201,9 +202,10 @@ def main() -> None:
     snap = largest_snapshot()
     pg = _pg_url()
     results: list[tuple[str, str, dict[str, Any]]] = []
-    sections = {args.only} if args.only else {"ingest", "scoring", "alerts", "adapters"}
+    sections = {args.only} if args.only else {"ingest", "scoring", "alerts", "load", "adapters"}
     scoring: dict[str, Any] | None = None
     alerts: dict[str, Any] | None = None
+    load: dict[str, Any] | None = None
     adapters: list[dict[str, Any]] = []
     if "scoring" in sections:
         scoring = run_module("bench.scoring", *([pg] if pg else []))
@@ -211,13 +213,16 @@ def main() -> None:
     if "alerts" in sections:
         alerts = run_module("bench.alerts", *([pg] if pg else []))
         print(f"alerts: {json.dumps(alerts)}")
+    if "load" in sections and pg:
+        load = run_module("bench.load", _pg_url() or pg)
+        print(f"load: {json.dumps(load)}")
     if "adapters" in sections:
         for path in sorted((REPO / "bench").glob("adapter_*.py")):
             figures = run_module(f"bench.{path.stem}")
             adapters.append(figures)
             print(f"{path.stem}: {json.dumps(figures)}")
     if "ingest" not in sections:
-        write_markdown(Path(args.out), snap, results, scoring, adapters, alerts)
+        write_markdown(Path(args.out), snap, results, scoring, adapters, alerts, load)
         return
     with tempfile.TemporaryDirectory() as tmp:
         scaled = Path(tmp) / snap.name
@@ -243,7 +248,7 @@ def main() -> None:
                     f"{r['repoll_ingest_s']:.3f}s ({r['repoll_events']} events), parse "
                     f"{r['parse_s']:.3f}s, peak {r['peak_rss_mb']:.0f} MB"
                 )
-    write_markdown(Path(args.out), snap, results, scoring, adapters, alerts)
+    write_markdown(Path(args.out), snap, results, scoring, adapters, alerts, load)
 
 
 def run_module(module: str, *argv: str) -> dict[str, Any]:
@@ -269,6 +274,7 @@ def write_markdown(
     scoring: dict[str, Any] | None = None,
     adapters: list[dict[str, Any]] | None = None,
     alerts: dict[str, Any] | None = None,
+    load: dict[str, Any] | None = None,
 ) -> None:
     lines = [
         "# Benchmarks",
@@ -310,7 +316,8 @@ def write_markdown(
             f"{verdict}; re-poll ingest is {r['repoll_ingest_s'] / r['floor_s']:.1f}× the "
             f"parse floor (target 3×: {within})."
         )
-    lines += _scoring_lines(scoring) + _alert_lines(alerts) + _adapter_lines(adapters or [])
+    lines += _scoring_lines(scoring) + _alert_lines(alerts) + _load_lines(load)
+    lines += _adapter_lines(adapters or [])
     lines.append("")
     path.write_text("\n".join(lines))
     print(f"wrote {path}")
@@ -392,6 +399,34 @@ def _alert_lines(r: dict[str, Any] | None) -> list[str]:
                 f"| {name} | {x['messages']} | {x['p50_ms']} | {x['p99_ms']} | {x['max_ms']} "
                 f"| < {target} ms: {ok} |"
             )
+    return lines
+
+
+def _load_lines(r: dict[str, Any] | None) -> list[str]:
+    if not r:
+        return []
+    q, d = r["quiet"], r["during_ingest"]
+    lines = [
+        "",
+        "## Load (issue 9)",
+        "",
+        "Two `broker serve` processes on PostgreSQL, an open-loop client (asyncio httpx, on the",
+        f"same 2 cores) alternating between them at {q['target_rps']} requests/s for "
+        f"{q['seconds']} s: 80 % `GET /v1/offers?gpu=H100&limit=50`, 20 % recommendations of",
+        "a 64 × H100 EU request; latency counted from each request's scheduled send. Then the",
+        "same load while a full re-poll of the real market (2026-05-20 over 2026-05-08T2152) is",
+        "ingested.",
+        "",
+        "| phase | achieved req/s | errors | offers p50 / p99 ms | recommendations p50 / p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for name, x in (("quiet", q), (f"during ingest ({d.get('ingest_s')} s)", d)):
+        errors = sum(x["errors"].values())
+        lines.append(
+            f"| {name} | {x['achieved_rps']} | {errors} | {x['offers']['p50_ms']} / "
+            f"{x['offers']['p99_ms']} | {x['recommendations']['p50_ms']} / "
+            f"{x['recommendations']['p99_ms']} |"
+        )
     return lines
 
 
