@@ -590,8 +590,11 @@ def serve(
     if not no_scheduler:
         poller = EmbeddedPoller(engine, state.settings, state.clock)
         poller.start()
-        polled = ", ".join(poller.providers) or "none enabled"
-        err.print(f"polling every {state.settings.poll_interval_s}s: {polled}", highlight=False)
+        polled = (
+            ", ".join(f"{p} every {state.settings.poll_interval_for(p)}s" for p in poller.providers)
+            or "none enabled"
+        )
+        err.print(f"polling {polled}", highlight=False)
     err.print(f"serving http://{host}:{port} (API docs at /docs)", highlight=False)
     try:
         uvicorn.run(

@@ -31,6 +31,8 @@ class ReplaySettings(BaseModel):
     step_s: int = Field(default=300, gt=0)
     #: None = enabled exactly when no real cloud adapter is configured.
     enabled: bool | None = None
+    #: Seconds between two scheduled polls of the replay; None = `BROKER_POLL_INTERVAL_S`.
+    poll_interval_s: int | None = Field(default=None, gt=0)
 
 
 def _split_list(value: Any) -> Any:
@@ -58,6 +60,8 @@ class ClientSettings(BaseModel):
     """
 
     timeout_s: float = Field(default=20.0, gt=0)
+    #: Seconds between two scheduled polls of this provider; None = `BROKER_POLL_INTERVAL_S`.
+    poll_interval_s: int | None = Field(default=None, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=10)
     max_retry_after_s: float = Field(default=30.0, ge=0)
     #: Regions (or other scopes) polled at once.
@@ -314,6 +318,13 @@ class Settings(BaseSettings):
             if v.startswith(prefix):
                 return "postgresql+psycopg://" + v[len(prefix) :]
         return v
+
+    def poll_interval_for(self, provider: str) -> int:
+        """Seconds between scheduled polls of `provider`: its own setting
+        (`BROKER_<PROVIDER>__POLL_INTERVAL_S`) or `BROKER_POLL_INTERVAL_S`."""
+        section = getattr(self, provider, None)
+        own = getattr(section, "poll_interval_s", None)
+        return int(own) if own else self.poll_interval_s
 
     @property
     def effective_database_url(self) -> str:

@@ -2,7 +2,7 @@
 
 Every enabled provider (the rules of `broker poll`, see `broker.sources`: replay over the
 bundled sample when no cloud is configured) gets one interval job, every
-`settings.poll_interval_s` seconds, the first run at once. A run is `poll_source` then
+`settings.poll_interval_for(provider)` seconds, the first run at once. A run is `poll_source` then
 `after_ingest`; an exception is logged, never raised, so one broken provider cannot stop the
 others or the API. `max_instances=1` and `coalesce`: a slow poll is never run twice at once,
 and runs missed meanwhile collapse into one. A housekeeping job every
@@ -96,13 +96,13 @@ class EmbeddedPoller:
                 poll_once,
                 "interval",
                 args=(self.engine, source, self.settings, self.clock),
-                seconds=self.settings.poll_interval_s,
+                seconds=self.settings.poll_interval_for(name),
                 next_run_time=first,
                 id=f"poll:{name}",
                 name=f"poll {name}",
                 max_instances=1,
                 coalesce=True,
-                misfire_grace_time=self.settings.poll_interval_s,
+                misfire_grace_time=self.settings.poll_interval_for(name),
                 replace_existing=True,
             )
         self.scheduler.add_job(

@@ -8,10 +8,10 @@ that fails to renew (Redis gone, lock lost) stops scheduling at once and goes ba
 so two leaders never enqueue at the same time for longer than one renewal period.
 
 The leader runs an APScheduler with one interval job per enabled provider
-(`BROKER_POLL_INTERVAL_S`, `BROKER_POLL_JITTER_S`); each job only enqueues the Celery task
-`broker.poll` (the task skips a degraded provider while it backs off); and one housekeeping
-job every `BROKER_ALERTS__SWEEP_INTERVAL_S` enqueues `broker.sweep` (lost batches and
-deliveries re-queued, ended reservations expired).
+(`BROKER_<PROVIDER>__POLL_INTERVAL_S` or `BROKER_POLL_INTERVAL_S`, `BROKER_POLL_JITTER_S`);
+each job only enqueues the Celery task `broker.poll` (the task skips a degraded provider
+while it backs off); and one housekeeping job every `BROKER_ALERTS__SWEEP_INTERVAL_S`
+enqueues `broker.sweep` (lost batches and deliveries re-queued, ended reservations expired).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class LeaderScheduler:
                 self.enqueue,
                 "interval",
                 args=(name,),
-                seconds=self.settings.poll_interval_s,
+                seconds=self.settings.poll_interval_for(name),
                 jitter=self.settings.poll_jitter_s or None,
                 next_run_time=now,
                 id=f"poll:{name}",

@@ -49,7 +49,7 @@ def poll_due(engine: Engine, settings: Settings, provider: str) -> bool:
     if row is None or not row.consecutive_failures or row.last_poll_at is None:
         return True
     wait = min(
-        settings.poll_interval_s * 2 ** min(row.consecutive_failures, 16),
+        settings.poll_interval_for(provider) * 2 ** min(row.consecutive_failures, 16),
         settings.max_poll_backoff_s,
     )
     return bool(utcnow() - row.last_poll_at >= timedelta(seconds=wait))
