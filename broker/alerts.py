@@ -67,6 +67,7 @@ from broker.models import (
     RequestEvent,
     StoredOffer,
 )
+from broker.requests import MARKET_COLUMNS
 from broker.scoring import MarketOffer, ScoringConfig, time_to_power
 from broker.secrets import SecretBox, SecretUnavailable
 
@@ -358,29 +359,8 @@ class CompiledFilter:
         )
 
 
-_OFFER_COLUMNS = (
-    "key",
-    "provider",
-    "region",
-    "zone",
-    "instance_type",
-    "market",
-    "gpu_model",
-    "gpu_count",
-    "price_per_hour",
-    "price_per_gpu_hour",
-    "country",
-    "jurisdiction",
-    "availability",
-    "available_count",
-    "earliest_start",
-    "upfront_fee",
-    "min_duration_hours",
-    "max_duration_hours",
-    "vcpus",
-    "active",
-    "last_seen",
-)
+#: What the scorer reads (time to power in messages) plus what a filter and a message need.
+_OFFER_COLUMNS = (*MARKET_COLUMNS, "zone", "active")
 
 
 def _offer_rows(conn: Connection, keys: Sequence[str] | None = None) -> list[Any]:

@@ -386,7 +386,8 @@ def request_events(
 
 _OFFERS = StoredOffer.__table__  # type: ignore[attr-defined]
 _OBSERVATIONS = Observation.__table__  # type: ignore[attr-defined]
-_MARKET_COLUMNS = (
+#: The `offers` columns a `MarketOffer` is built from (`MarketOffer.from_row`).
+MARKET_COLUMNS = (
     "id",
     "key",
     "provider",
@@ -446,7 +447,7 @@ def load_market(session: Session) -> MarketSnapshot:
 
 
 def _load_market(session: Session) -> MarketSnapshot:
-    stmt = select(*(_OFFERS.c[c] for c in _MARKET_COLUMNS)).where(_OFFERS.c.active)
+    stmt = select(*(_OFFERS.c[c] for c in MARKET_COLUMNS)).where(_OFFERS.c.active)
     rows = session.connection().execute(stmt).all()
     sold_out = [r.id for r in rows if r.availability == Availability.UNAVAILABLE]
     histories = _sellout_histories(session, sold_out) if sold_out else {}
