@@ -55,7 +55,7 @@ from sqlmodel import Session, col
 
 from broker import gpus, regions
 from broker.config import Settings
-from broker.db import session_scope
+from broker.db import keyset_page, session_scope
 from broker.domain import Availability, Clock, Market, utcnow
 from broker.models import (
     AlertDelivery,
@@ -490,13 +490,14 @@ def get_subscription(
 def list_subscriptions(
     session: Session, team_id: int, *, after_id: int | None = None, limit: int = 50
 ) -> list[AlertSubscription]:
-    stmt = select(AlertSubscription).where(
-        col(AlertSubscription.team_id) == team_id, col(AlertSubscription.deleted_at).is_(None)
+    return keyset_page(
+        session,
+        AlertSubscription,
+        col(AlertSubscription.team_id) == team_id,
+        col(AlertSubscription.deleted_at).is_(None),
+        after_id=after_id,
+        limit=limit,
     )
-    if after_id is not None:
-        stmt = stmt.where(col(AlertSubscription.id) > after_id)
-    stmt = stmt.order_by(col(AlertSubscription.id)).limit(limit)
-    return list(session.exec(stmt).scalars().all())  # type: ignore[call-overload]
 
 
 def update_subscription(
@@ -563,12 +564,8 @@ def enqueue_test(
 def deliveries_of(
     session: Session, row: AlertSubscription, *, after_id: int | None = None, limit: int = 50
 ) -> list[AlertDelivery]:
-    stmt = select(AlertDelivery).where(col(AlertDelivery.subscription_id) == row.id)
-    if after_id is not None:
-        stmt = stmt.where(col(AlertDelivery.id) > after_id)
-    return list(
-        session.exec(stmt.order_by(col(AlertDelivery.id)).limit(limit)).scalars().all()  # type: ignore[call-overload]
-    )
+    where = col(AlertDelivery.subscription_id) == row.id
+    return keyset_page(session, AlertDelivery, where, after_id=after_id, limit=limit)
 
 
 # ------------------------------------------------------------------------ matching

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import ColumnElement, DateTime, Engine, create_engine, event, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel, col
 
 from broker.config import Settings
 
@@ -113,3 +113,22 @@ def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         rev: str | None = MigrationContext.configure(conn).get_current_revision()
         return rev
+
+
+M = TypeVar("M", bound=SQLModel)
+
+
+def keyset_page(
+    session: Session,
+    model: type[M],
+    *where: ColumnElement[bool],
+    after_id: int | None = None,
+    limit: int = 50,
+) -> list[M]:
+    """One page of `model`'s rows matching `where`, by id, after `after_id` (the API's
+    cursor pagination: stable under inserts, no offset scans)."""
+    id_col = col(model.id)  # type: ignore[attr-defined]
+    stmt = select(model).where(*where)
+    if after_id is not None:
+        stmt = stmt.where(id_col > after_id)
+    return list(session.exec(stmt.order_by(id_col).limit(limit)).scalars().all())  # type: ignore[call-overload]

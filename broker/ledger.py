@@ -54,6 +54,7 @@ from sqlmodel import Session, col
 from broker import gpus, regions
 from broker import requests as capacity
 from broker.config import Settings
+from broker.db import keyset_page
 from broker.domain import Availability, Market, to_price
 from broker.models import (
     LIVE_RESERVATION_STATES,
@@ -1117,23 +1118,17 @@ def list_reservations(
     after_id: int | None = None,
     limit: int = 50,
 ) -> list[Reservation]:
-    stmt = select(Reservation).where(col(Reservation.team_id) == team_id)
+    where = [col(Reservation.team_id) == team_id]
     if states:
-        stmt = stmt.where(col(Reservation.state).in_(list(states)))
-    if after_id is not None:
-        stmt = stmt.where(col(Reservation.id) > after_id)
-    stmt = stmt.order_by(col(Reservation.id)).limit(limit)
-    return list(session.exec(stmt).scalars().all())  # type: ignore[call-overload]
+        where.append(col(Reservation.state).in_(list(states)))
+    return keyset_page(session, Reservation, *where, after_id=after_id, limit=limit)
 
 
 def history(
     session: Session, row: Reservation, *, after_id: int | None = None, limit: int = 50
 ) -> list[LedgerEntry]:
-    stmt = select(LedgerEntry).where(col(LedgerEntry.reservation_id) == row.id)
-    if after_id is not None:
-        stmt = stmt.where(col(LedgerEntry.id) > after_id)
-    stmt = stmt.order_by(col(LedgerEntry.id)).limit(limit)
-    return list(session.exec(stmt).scalars().all())  # type: ignore[call-overload]
+    where = col(LedgerEntry.reservation_id) == row.id
+    return keyset_page(session, LedgerEntry, where, after_id=after_id, limit=limit)
 
 
 def change(

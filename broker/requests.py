@@ -29,7 +29,7 @@ from sqlmodel import Session, col
 
 from broker import gpus, regions
 from broker.config import Settings
-from broker.db import session_scope
+from broker.db import keyset_page, session_scope
 from broker.domain import Availability, Clock, Market, utcnow
 from broker.models import (
     CapacityRequest,
@@ -305,13 +305,10 @@ def list_requests(
     after_id: int | None = None,
     limit: int = 50,
 ) -> list[CapacityRequest]:
-    stmt = select(CapacityRequest).where(col(CapacityRequest.team_id) == team_id)
+    where = [col(CapacityRequest.team_id) == team_id]
     if states:
-        stmt = stmt.where(col(CapacityRequest.state).in_(list(states)))
-    if after_id is not None:
-        stmt = stmt.where(col(CapacityRequest.id) > after_id)
-    stmt = stmt.order_by(col(CapacityRequest.id)).limit(limit)
-    return list(session.exec(stmt).scalars().all())  # type: ignore[call-overload]
+        where.append(col(CapacityRequest.state).in_(list(states)))
+    return keyset_page(session, CapacityRequest, *where, after_id=after_id, limit=limit)
 
 
 def update_request(
@@ -373,12 +370,8 @@ def _set_state(session: Session, row: CapacityRequest, state: RequestState, now:
 def request_events(
     session: Session, row: CapacityRequest, *, after_id: int | None = None, limit: int = 50
 ) -> list[RequestEvent]:
-    stmt = select(RequestEvent).where(col(RequestEvent.request_id) == row.id)
-    if after_id is not None:
-        stmt = stmt.where(col(RequestEvent.id) > after_id)
-    return list(
-        session.exec(stmt.order_by(col(RequestEvent.id)).limit(limit)).scalars().all()  # type: ignore[call-overload]
-    )
+    where = col(RequestEvent.request_id) == row.id
+    return keyset_page(session, RequestEvent, where, after_id=after_id, limit=limit)
 
 
 # ----------------------------------------------------------------------- market

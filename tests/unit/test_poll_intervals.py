@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import create_engine
 
+from broker import db
 from broker.config import Settings
 from broker.sources import Sources
 from workers.embedded import EmbeddedPoller
 
 
 class Dummy:
-    name: ClassVar[str] = "dummy"
+    name: ClassVar[str] = "dummy"  # one name for both: only the schedule is looked at
 
     def fetch(self) -> Any:
         raise AssertionError("not polled in this test")
@@ -37,8 +37,10 @@ def test_the_embedded_poller_uses_each_interval(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path, poll_interval_s=900)
     s.lambda_cloud.poll_interval_s = 45
     sources = Sources(enabled={"lambda_cloud": Dummy(), "aws": Dummy()})
-    poller = EmbeddedPoller(create_engine("sqlite://"), s, sources=sources)
-    poller.start()  # the first polls fail at once (Dummy) and are logged, never raised
+    engine = db.make_engine(url=f"sqlite:///{tmp_path}/polls.db")
+    db.upgrade(engine)
+    poller = EmbeddedPoller(engine, s, sources=sources)
+    poller.start()  # the first polls fail at once (Dummy): recorded as failed polls
     try:
         intervals = {
             job.id: job.trigger.interval
