@@ -302,6 +302,8 @@ class Settings(BaseSettings):
     #: once; over it the API answers 429 with Retry-After (`broker.api.ratelimit`).
     rate_limit_per_minute: int = Field(default=1200, ge=0)
     rate_limit_burst: int = Field(default=200, ge=1)
+    #: How long an `Idempotency-Key` is remembered (its retries replay the first answer).
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0)
     #: `text` (human) or `json` (one object per line, for log shippers); secrets redacted.
     log_format: Literal["text", "json"] = "text"
     #: `broker worker` / `broker scheduler`: serve this process's Prometheus metrics on this

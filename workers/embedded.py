@@ -56,6 +56,7 @@ def poll_once(
 
 def housekeeping(engine: Engine, settings: Settings, clock: Clock = utcnow) -> None:
     """Catch up on alerts and expire ended reservations. Never raises."""
+    from broker.api.idempotency import forget_old_keys
     from broker.db import session_scope
     from broker.ledger import expire_reservations
 
@@ -63,6 +64,7 @@ def housekeeping(engine: Engine, settings: Settings, clock: Clock = utcnow) -> N
         done = sweep_embedded(engine, settings, clock)
         with session_scope(engine) as session:
             expired = expire_reservations(session, clock())
+            forget_old_keys(session, clock(), settings.idempotency_ttl_hours)
         if done["batches"] or done["sent"] or done["unconfirmed"] or expired:
             log.info("embedded.housekeeping %s, %d reservations expired", done, len(expired))
     except Exception:

@@ -109,8 +109,10 @@ def deliver(self: Any, delivery_id: int) -> dict[str, Any]:
 def sweep() -> dict[str, Any]:
     """The outbox and the poll runs are the truth, the queue only a hint: re-queue event
     batches left unprocessed and deliveries due for a while (their task was lost, e.g. to a
-    Redis restart), mark sends cut off mid-call, expire ended reservations."""
+    Redis restart), mark sends cut off mid-call, expire ended reservations, forget old
+    Idempotency-Keys."""
     from broker import alerts
+    from broker.api.idempotency import forget_old_keys
     from broker.db import session_scope
     from broker.ledger import expire_reservations
 
@@ -122,6 +124,7 @@ def sweep() -> dict[str, Any]:
         deliver.delay(delivery_id)
     with session_scope(engine) as session:
         expired = expire_reservations(session, utcnow())
+        forget_old_keys(session, utcnow(), settings.idempotency_ttl_hours)
     if found.ranges or found.deliveries or found.unconfirmed or expired:
         log.warning(
             "tasks.sweep batches=%d deliveries=%d unconfirmed=%d expired=%d",

@@ -5,7 +5,8 @@ A client that may retry sends a key of its choosing (1-255 printable characters)
 request with it claims the key in its own transaction (a unique row per team and key) and,
 when it succeeds, stores its answer there: the object and the claim commit together. A retry
 with the same key and the same request (method, path, body) gets that answer again, with
-`Idempotent-Replayed: true`, and creates nothing. The same key with another request is a 422
+`Idempotent-Replayed: true`, and creates nothing (for `BROKER_IDEMPOTENCY_TTL_HOURS`, 24:
+the scheduler's housekeeping forgets older keys). The same key with another request is a 422
 `idempotency_key_reused`; a retry racing the first one waits for it (the row lock) and then
 replays, or gets 409 `idempotency_key_in_progress` if the first has not finished. A failed
 request stores nothing: its retry runs again.
@@ -15,18 +16,20 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from broker.api.deps import ClockDep
 from broker.api.errors import ApiError
 from broker.auth import Principal
-from broker.domain import utcnow
+from broker.domain import Clock, utcnow
 from broker.models import IdempotencyKey
 
 HEADER = "Idempotency-Key"
@@ -39,6 +42,7 @@ class Idempotency:
 
     key: str | None
     fingerprint: str
+    clock: Clock = utcnow
     _row: IdempotencyKey | None = None
 
     def claim(self, session: Session, principal: Principal) -> JSONResponse | None:
@@ -51,7 +55,7 @@ class Idempotency:
                 team_id=principal.team_id,
                 key=self.key,
                 fingerprint=self.fingerprint,
-                created_at=utcnow(),
+                created_at=self.clock(),
             )
             try:
                 with session.begin_nested():
@@ -94,6 +98,15 @@ class Idempotency:
         return found
 
 
+def forget_old_keys(session: Session, now: datetime, ttl_hours: float) -> int:
+    """Delete the keys older than the TTL (housekeeping); how many."""
+    table = IdempotencyKey.__table__  # type: ignore[attr-defined]
+    result = session.connection().execute(
+        delete(table).where(table.c.created_at < now - timedelta(hours=ttl_hours))
+    )
+    return int(result.rowcount or 0)
+
+
 def _in_progress() -> ApiError:
     return ApiError(
         409,
@@ -103,19 +116,19 @@ def _in_progress() -> ApiError:
     )
 
 
-async def get_idempotency(request: Request) -> Idempotency:
+async def get_idempotency(request: Request, clock: ClockDep) -> Idempotency:
     key = request.headers.get(HEADER)
     if key is not None and (not 1 <= len(key) <= 255 or not key.isprintable()):
         raise ApiError(
             400, "invalid_idempotency_key", f"{HEADER} must be 1-255 printable characters"
         )
     if key is None:
-        return Idempotency(None, "")
+        return Idempotency(None, "", clock)
     body = await request.body()
     digest = hashlib.sha256()
     for part in (request.method.encode(), request.url.path.encode(), body):
         digest.update(len(part).to_bytes(8, "big") + part)
-    return Idempotency(key, digest.hexdigest())
+    return Idempotency(key, digest.hexdigest(), clock)
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,11 +14,13 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from broker.auth import Role, create_api_key
+from broker.config import Settings
 from broker.db import session_scope
 from broker.models import AlertSubscription, CapacityRequest, Reservation
-from tests.api.conftest import Keys, TestClient, bearer
+from tests.api.conftest import Clock, Keys, TestClient, bearer
 from tests.api.test_reservations import COMMITMENT
 from tests.integration.test_ledger import server as server
+from workers.embedded import housekeeping
 
 REQUEST = {"gpu_models": ["H100"], "gpus": 8, "duration_hours": 24}
 
@@ -120,3 +123,19 @@ def test_concurrent_retries_over_http_create_one_request(
             assert r.json()["error"]["code"] == "idempotency_key_in_progress"
             assert r.headers["retry-after"] == "1"
     assert count(engine, CapacityRequest) == 1
+
+
+def test_keys_are_forgotten_after_the_ttl(
+    client: TestClient, keys: Keys, engine: Engine, clock: Clock, tmp_path: Path
+) -> None:
+    first = post(client, "/v1/requests", REQUEST, "old", keys.member)
+    assert first.status_code == 201
+    # The housekeeping of `broker serve` (the same call as the scheduler's sweep task).
+    settings = Settings(data_dir=tmp_path, idempotency_ttl_hours=24)
+    clock.advance(hours=23)
+    housekeeping(engine, settings, clock)
+    assert post(client, "/v1/requests", REQUEST, "old", keys.member).json() == first.json()
+    clock.advance(hours=2)
+    housekeeping(engine, settings, clock)
+    again = post(client, "/v1/requests", REQUEST, "old", keys.member)
+    assert again.status_code == 201 and again.json()["id"] != first.json()["id"]
