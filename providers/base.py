@@ -27,10 +27,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from broker.config import Settings
 from broker.domain import Clock, Offer, PollResult, Quota, Scope, ScopeError, redact
+from broker.gpus import GpuModel
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ __all__ = [
     "discover",
     "failed_poll",
     "get_provider_class",
+    "model_fields",
+    "place_fields",
     "poll_scopes",
     "provider_names",
     "redact",
@@ -99,6 +102,38 @@ class RequestRejected(ProviderError):
     """A 4xx other than auth or rate limit: our request no longer fits the API."""
 
     code = "rejected"
+
+
+def model_fields(model: GpuModel) -> dict[str, Any]:
+    """The `Offer` fields a catalogue model fills (`Offer(..., **model_fields(model))`)."""
+    return {
+        "gpu_model": model.name,
+        "gpu_family": model.family,
+        "accelerator_kind": str(model.kind),
+        "gpu_vendor": model.vendor,
+        "form_factor": model.form_factor,
+    }
+
+
+class Place(Protocol):
+    """Where an offer is: a `broker.regions.RegionInfo`, or an adapter's own record."""
+
+    @property
+    def country(self) -> str | None: ...
+    @property
+    def jurisdiction(self) -> str | None: ...
+    @property
+    def continent(self) -> str | None: ...
+
+
+def place_fields(info: Place | None) -> dict[str, Any]:
+    """Country, jurisdiction and continent of a region; all None when it is not in the
+    region table (never guessed)."""
+    return {
+        "country": info.country if info else None,
+        "jurisdiction": info.jurisdiction if info else None,
+        "continent": info.continent if info else None,
+    }
 
 
 @dataclass

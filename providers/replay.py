@@ -53,7 +53,7 @@ from broker.domain import (
     to_count,
     to_price,
 )
-from providers.base import register
+from providers.base import model_fields, place_fields, register
 
 #: Catalog directory name -> broker provider id (only where they differ).
 CLOUD_TO_PROVIDER: Mapping[str, str] = {"lambda": "lambda_cloud"}
@@ -289,18 +289,12 @@ def _offer(
         zone=zone or None,
         instance_type=instance_type,
         market=market,
-        gpu_model=accel.model.name,
-        gpu_family=accel.model.family,
-        accelerator_kind=str(accel.model.kind),
-        gpu_vendor=accel.model.vendor,
-        form_factor=accel.model.form_factor,
+        **model_fields(accel.model),
         gpu_count=accel.count,
         gpu_memory_gb=accel.memory_gb,
         vcpus=vcpus,
         memory_gb=memory_gb,
-        country=accel.region.country,
-        jurisdiction=accel.region.jurisdiction,
-        continent=accel.region.continent,
+        **place_fields(accel.region),
         price_per_hour=to_price(price),
         availability=Availability.UNKNOWN,  # a price list says nothing about capacity
         raw=raw,
