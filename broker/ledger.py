@@ -643,22 +643,6 @@ def _family(model: str, stored: str | None = None) -> str:
         return model
 
 
-def _market_offer(o: StoredOffer) -> MarketOffer:
-    return MarketOffer(
-        key=o.key,
-        provider=o.provider,
-        region=o.region,
-        instance_type=o.instance_type,
-        market=Market(o.market),
-        gpu_model=o.gpu_model,
-        gpu_count=o.gpu_count,
-        price_per_hour=o.price_per_hour,
-        price_per_gpu_hour=o.price_per_gpu_hour,
-        country=o.country,
-        jurisdiction=o.jurisdiction,
-    )
-
-
 def _flush(session: Session) -> None:
     """Flush; a live capacity-block reservation already holding the offer (the partial
     unique index) is a conflict, not an error."""
@@ -767,7 +751,7 @@ def reserve(
                 f"offer {offer.key} is in market {offer.market}, which request {request.id} "
                 f"does not allow ({', '.join(sorted(str(m) for m in spec.markets))})",
             )
-        rule = spec.residency.check(_market_offer(offer))
+        rule = spec.residency.check(MarketOffer.from_row(offer))
         if rule is not None:
             template, value = rule
             sentence = template.replace("{values}", value).replace("{is}", "is")
