@@ -39,6 +39,7 @@ import functools
 import ipaddress
 import logging
 import math
+import re
 import urllib.error
 import uuid
 from collections import defaultdict
@@ -991,6 +992,9 @@ TRANSIENT = frozenset(
 )
 
 
+_SLACK_ERROR = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
 def _retry_after(headers: Mapping[str, Any]) -> float | None:
     for name, value in headers.items():
         if name.lower() == "retry-after":
@@ -1030,7 +1034,10 @@ def send_webhook(url: str, payload: Mapping[str, Any], settings: Settings) -> Se
     body = (resp.body or "").strip()
     if resp.status_code == 200:
         return SendResult("sent")
-    return _classify(resp.status_code, body[:100] if body.isprintable() else "", resp.headers)
+    # Only a Slack error code (`no_service`, `invalid_payload`...) is kept: a body of any
+    # other shape (an HTML page, whatever a redirect led to) never reaches `last_error`.
+    error = body if _SLACK_ERROR.fullmatch(body) else ""
+    return _classify(resp.status_code, error, resp.headers)
 
 
 def send_bot(
@@ -1051,6 +1058,7 @@ def send_bot(
     except SlackApiError as exc:
         resp = exc.response
         error = str(resp.get("error", "")) if isinstance(resp.data, dict) else ""
+        error = error if _SLACK_ERROR.fullmatch(error) else ""
         return _classify(resp.status_code, error, resp.headers)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -173,8 +173,13 @@ def test_webhook_404_disables_and_429_5xx_are_retried(
 
     fake_slack.server.fail("POST", path, text_response(500, "rollup_error"))
     r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member)).json()
-    assert r["state"] == "pending" and "500" in r["last_error"]
+    assert r["state"] == "pending" and r["last_error"] == "Slack answered 500 rollup_error"
     assert url not in r["last_error"]
+    # A body that is not a Slack error code (a page some proxy or redirect served) is dropped.
+    page = '<html>{"AccessKeyId": "ASIA-from-some-internal-service"}</html>'
+    fake_slack.server.fail("POST", path, text_response(502, page))
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member)).json()
+    assert r["state"] == "pending" and r["last_error"] == "Slack answered 502"
 
     fake_slack.server.fail("POST", path, text_response(404, "no_service"))
     r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member)).json()
