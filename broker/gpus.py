@@ -374,6 +374,17 @@ def get(name: str) -> GpuModel:
     return model
 
 
+def family_of(model: str, stored: str | None = None) -> str:
+    """The family of a canonical model (`stored` wins when the record has one); a model the
+    catalogue does not know is its own family."""
+    if stored:
+        return stored
+    try:
+        return get(model).family
+    except UnknownGpu:
+        return model
+
+
 _FAMILIES_BY_CLEANED: dict[str, frozenset[str]] = {
     _clean(family): members for family, members in _FAMILIES.items()
 }

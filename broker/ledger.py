@@ -634,15 +634,6 @@ def _kind_of(offer: StoredOffer) -> ReservationKind:
     return ReservationKind.ON_DEMAND_HOLD
 
 
-def _family(model: str, stored: str | None = None) -> str:
-    if stored:
-        return stored
-    try:
-        return gpus.get(model).family
-    except gpus.UnknownGpu:
-        return model
-
-
 def _flush(session: Session) -> None:
     """Flush; a live capacity-block reservation already holding the offer (the partial
     unique index) is a conflict, not an error."""
@@ -824,7 +815,7 @@ def reserve(
             instances=instances,
             provider=offer.provider,
             gpu_model=offer.gpu_model,
-            gpu_family=_family(offer.gpu_model, offer.gpu_family),
+            gpu_family=gpus.family_of(offer.gpu_model, offer.gpu_family),
             gpus=want,
             region=offer.region,
             country=offer.country,
@@ -917,7 +908,7 @@ def _new_commitment(
         instances=None,
         provider=body.provider,
         gpu_model=body.gpu_model,
-        gpu_family=_family(body.gpu_model),
+        gpu_family=gpus.family_of(body.gpu_model),
         gpus=Decimal(body.gpus),
         region=body.region,
         country=country,

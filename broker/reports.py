@@ -84,15 +84,6 @@ class CommitmentReport:
 # -------------------------------------------------------------------------- build
 
 
-def _family(model: str, stored: str | None) -> str:
-    if stored:
-        return stored
-    try:
-        return gpus.get(model).family
-    except gpus.UnknownGpu:
-        return model
-
-
 def commitment_of(row: Reservation) -> Commitment:
     assert row.id is not None
     return Commitment(
@@ -200,7 +191,7 @@ def _market(session: Session, families: set[str], stale_before: datetime) -> lis
     marketplaces = ScoringConfig().uncombinable_providers
     out = []
     for r in rows:
-        family = _family(r.gpu_model, r.gpu_family)
+        family = gpus.family_of(r.gpu_model, r.gpu_family)
         if family in families:
             most = r.gpu_count * (r.available_count or 1) if r.provider in marketplaces else None
             out.append(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Path, Query
@@ -93,3 +93,20 @@ def decode_cursor(cursor: str, kind: str, types: Sequence[type]) -> list[Any]:
     if any(isinstance(v, int) and not 0 <= v <= MAX_ID for v in value[1:]):
         raise invalid_cursor("it is out of range")
     return value[1:]
+
+
+R = TypeVar("R")
+
+
+def id_page(
+    kind: str, cursor: str | None, limit: int, fetch: Callable[[int | None, int], list[R]]
+) -> tuple[list[R], str | None]:
+    """One page of an id-ordered list: `fetch(after_id, n)` returns up to n rows after the
+    cursor's id; one row more than `limit` is asked for to know whether a next page exists.
+    Returns the rows and the next cursor (None on the last page)."""
+    after = int(decode_cursor(cursor, kind, [int])[0]) if cursor else None
+    rows = fetch(after, limit + 1)
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(kind, getattr(rows[-1], "id", None) or 0)

@@ -6,6 +6,7 @@ team isolation."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -42,20 +43,11 @@ ROOM3 = Offer(
     available_count=3,
 )
 #: A capacity block of 2 instances starting in two days, for 24 hours.
-BLOCK = Offer(
-    provider="aws",
-    region="eu-central-1",
-    instance_type="p5.48xlarge",
+BLOCK = replace(
+    ROOM3,
     market=Market.CAPACITY_BLOCK,
-    gpu_model="H100-SXM",
-    gpu_family="H100",
-    gpu_count=Decimal(8),
     price_per_hour=Decimal("31.464"),
     upfront_fee=Decimal("1510.272"),
-    country="DE",
-    jurisdiction="EU",
-    continent="Europe",
-    availability=Availability.AVAILABLE,
     available_count=2,
     earliest_start=T0 + timedelta(days=2),
     min_duration_hours=24,
@@ -63,33 +55,17 @@ BLOCK = Offer(
     offering_id="cb-0123456789abcdef0",
 )
 #: An A100 offer in Frankfurt and an H100 offer in Virginia (for mismatches).
-A100_DE = Offer(
-    provider="aws",
-    region="eu-central-1",
+A100_DE = replace(
+    ROOM3,
     instance_type="p4de.24xlarge",
-    market=Market.ON_DEMAND,
     gpu_model="A100-80GB",
     gpu_family="A100",
-    gpu_count=Decimal(8),
     price_per_hour=Decimal("40.96"),
-    country="DE",
-    jurisdiction="EU",
-    availability=Availability.AVAILABLE,
+    continent=None,
     available_count=5,
 )
-H100_US = Offer(
-    provider="aws",
-    region="us-east-1",
-    instance_type="p5.48xlarge",
-    market=Market.ON_DEMAND,
-    gpu_model="H100-SXM",
-    gpu_family="H100",
-    gpu_count=Decimal(8),
-    price_per_hour=Decimal("98.32"),
-    country="US",
-    jurisdiction="US",
-    availability=Availability.AVAILABLE,
-    available_count=5,
+H100_US = replace(
+    ROOM3, region="us-east-1", country="US", jurisdiction="US", continent=None, available_count=5
 )
 
 EU_H100_REQUEST: dict[str, Any] = {

@@ -245,7 +245,7 @@ def test_bad_bodies_are_422_with_a_reason_and_write_nothing(
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == code
     assert r.json()["error"]["message"]
-    assert "passwd" not in r.text and "169.254" not in r.json()["error"]["message"][:0]
+    assert "passwd" not in r.text  # the refused URL is not echoed in full
     assert count(engine, AlertSubscription) == 0
 
 

@@ -46,6 +46,13 @@ def env_for(
     return env
 
 
+def settings_for(pg: str, tmp_path: Path, fake: FakeSlack) -> Settings:
+    """What the test process (subscribing) shares with the workers (sending)."""
+    return Settings(
+        database_url=pg, data_dir=tmp_path, secret_key=SECRET, slack_webhook_hosts=[fake.host]
+    )
+
+
 def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "broker.cli", "worker", "--pool", "solo", "--loglevel", "WARNING"],
@@ -100,12 +107,7 @@ def test_celery_worker_alerts_exactly_the_changes(
     data_dir: Path,
     fake_slack: FakeSlack,
 ) -> None:
-    settings = Settings(
-        database_url=pg_database,
-        data_dir=tmp_path,
-        secret_key=SECRET,
-        slack_webhook_hosts=[fake_slack.host],
-    )
+    settings = settings_for(pg_database, tmp_path, fake_slack)
     names = ["azure-v100", "lambda-a100-eu"]
     urls = subscribe(pg_engine, settings, fake_slack, names)
     env = env_for(tmp_path, pg_database, redis_url, fake_slack)
@@ -166,12 +168,7 @@ def test_worker_killed_mid_send_sends_once_and_lost_tasks_are_swept(
 ) -> None:
     from workers.celery_app import make_app
 
-    settings = Settings(
-        database_url=pg_database,
-        data_dir=tmp_path,
-        secret_key=SECRET,
-        slack_webhook_hosts=[fake_slack.host],
-    )
+    settings = settings_for(pg_database, tmp_path, fake_slack)
     [url] = subscribe(pg_engine, settings, fake_slack, ["lambda-h100-eu"]).values()
     env = env_for(
         tmp_path,

@@ -24,8 +24,7 @@ from broker.api.pagination import (
     LimitQuery,
     Page,
     RequestId,
-    decode_cursor,
-    encode_cursor,
+    id_page,
 )
 from broker.auth import Principal
 from broker.models import CapacityRequest
@@ -137,17 +136,15 @@ def list_(
     ] = None,
 ) -> Page[RequestPublic]:
     """The team's requests, oldest first."""
-    after = int(decode_cursor(cursor, "requests", [int])[0]) if cursor else None
-    rows = capacity.list_requests(
-        session,
-        principal.team_id,
-        states=[str(s) for s in state or ()],
-        after_id=after,
-        limit=limit + 1,
+    states = [str(s) for s in state or ()]
+    rows, nxt = id_page(
+        "requests",
+        cursor,
+        limit,
+        lambda after, n: capacity.list_requests(
+            session, principal.team_id, states=states, after_id=after, limit=n
+        ),
     )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor("requests", rows[-1].id or 0) if more and rows else None
     return Page[RequestPublic](data=[_public(r) for r in rows], next_cursor=nxt)
 
 
@@ -235,11 +232,12 @@ def events(
 ) -> Page[RequestEventPublic]:
     """The request's events (`best_option_changed`, `state_changed`), oldest first."""
     row = _own(session, principal, request_id)
-    after = int(decode_cursor(cursor, "request_events", [int])[0]) if cursor else None
-    rows = capacity.request_events(session, row, after_id=after, limit=limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor("request_events", rows[-1].id or 0) if more and rows else None
+    rows, nxt = id_page(
+        "request_events",
+        cursor,
+        limit,
+        lambda after, n: capacity.request_events(session, row, after_id=after, limit=n),
+    )
     return Page[RequestEventPublic](
         data=[RequestEventPublic.model_validate(r, from_attributes=True) for r in rows],
         next_cursor=nxt,

@@ -29,8 +29,7 @@ from broker.api.pagination import (
     Page,
     RequestId,
     ReservationId,
-    decode_cursor,
-    encode_cursor,
+    id_page,
 )
 from broker.auth import Principal
 from broker.models import Reservation
@@ -322,17 +321,15 @@ def list_(
 ) -> Page[ReservationPublic]:
     """The team's reservations, oldest first (ended ones are expired first)."""
     ledger.expire_reservations(session, clock())
-    after = int(decode_cursor(cursor, "reservations", [int])[0]) if cursor else None
-    rows = ledger.list_reservations(
-        session,
-        principal.team_id,
-        states=[str(s) for s in state or ()],
-        after_id=after,
-        limit=limit + 1,
+    states = [str(s) for s in state or ()]
+    rows, nxt = id_page(
+        "reservations",
+        cursor,
+        limit,
+        lambda after, n: ledger.list_reservations(
+            session, principal.team_id, states=states, after_id=after, limit=n
+        ),
     )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor("reservations", rows[-1].id or 0) if more and rows else None
     return Page[ReservationPublic](data=[_public(r) for r in rows], next_cursor=nxt)
 
 
@@ -381,11 +378,12 @@ def history(
     """The reservation's ledger entries, oldest first: who, when, why, before and after."""
     ledger.expire_reservations(session, clock())
     row = _own(session, principal, reservation_id)
-    after = int(decode_cursor(cursor, "ledger", [int])[0]) if cursor else None
-    rows = ledger.history(session, row, after_id=after, limit=limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor("ledger", rows[-1].id or 0) if more and rows else None
+    rows, nxt = id_page(
+        "ledger",
+        cursor,
+        limit,
+        lambda after, n: ledger.history(session, row, after_id=after, limit=n),
+    )
     return Page[LedgerEntryPublic](
         data=[LedgerEntryPublic.model_validate(r, from_attributes=True) for r in rows],
         next_cursor=nxt,

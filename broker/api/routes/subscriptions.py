@@ -31,8 +31,7 @@ from broker.api.pagination import (
     LimitQuery,
     Page,
     SubscriptionId,
-    decode_cursor,
-    encode_cursor,
+    id_page,
 )
 from broker.auth import Principal
 from broker.models import AlertSubscription
@@ -129,11 +128,14 @@ def list_(
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Page[SubscriptionPublic]:
-    after = int(decode_cursor(cursor, "subscriptions", [int])[0]) if cursor else None
-    rows = alerts.list_subscriptions(session, principal.team_id, after_id=after, limit=limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor("subscriptions", rows[-1].id or 0) if more and rows else None
+    rows, nxt = id_page(
+        "subscriptions",
+        cursor,
+        limit,
+        lambda after, n: alerts.list_subscriptions(
+            session, principal.team_id, after_id=after, limit=n
+        ),
+    )
     return Page[SubscriptionPublic](data=[_public(r) for r in rows], next_cursor=nxt)
 
 
@@ -204,11 +206,12 @@ def deliveries(
 ) -> Page[DeliveryPublic]:
     """What was (or is to be) sent to this subscription, oldest first."""
     row = _own(session, principal, subscription_id)
-    after = int(decode_cursor(cursor, "deliveries", [int])[0]) if cursor else None
-    rows = alerts.deliveries_of(session, row, after_id=after, limit=limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor("deliveries", rows[-1].id or 0) if more and rows else None
+    rows, nxt = id_page(
+        "deliveries",
+        cursor,
+        limit,
+        lambda after, n: alerts.deliveries_of(session, row, after_id=after, limit=n),
+    )
     return Page[DeliveryPublic](data=[_delivery_public(r) for r in rows], next_cursor=nxt)
 
 
