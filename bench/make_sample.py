@@ -30,6 +30,12 @@ def main() -> None:
             lines = src.read_bytes().splitlines(keepends=True)
             keep = [ln for ln in lines if not (src.stem == "gcp" and b",tpu-" in ln)]
             dst.write_bytes(b"".join(keep))
+    # Provenance: the snapshots' lines of the data set's snapshots.csv (commit, commit time).
+    index = (data / "snapshots.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (out / "snapshots.csv").write_text(
+        "".join([index[0]] + [ln for ln in index[1:] if ln.split(",", 1)[0] in SNAPSHOTS]),
+        encoding="utf-8",
+    )
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"sample: {size} bytes in {out}")
     if size > MAX_BYTES:

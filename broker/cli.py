@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +35,7 @@ from broker.offers import (
     IngestResult,
     OfferQuery,
     count_offers,
+    gpu_filters,
     group_offers,
     list_offers,
 )
@@ -135,25 +135,6 @@ def db_current(ctx: typer.Context) -> None:
 
 # -------------------------------------------------------------------------- replay
 
-_FOLDER_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:T(\d{2})(\d{2}))?$")
-
-
-def snapshot_time(folder: Path) -> datetime:
-    """The time a snapshot folder is named for: `YYYY-MM-DD` (00:00 UTC) or
-    `YYYY-MM-DDTHHMM` (UTC).
-
-    Raises:
-        ValueError: the folder name is neither.
-    """
-    m = _FOLDER_TIME.match(folder.name)
-    if not m:
-        raise ValueError(
-            f"{folder}: folder name is not YYYY-MM-DD or YYYY-MM-DDTHHMM, so it "
-            "gives no snapshot time (drop --at-snapshot-times to stamp it now)"
-        )
-    day = datetime.strptime(m.group(1), "%Y-%m-%d").replace(tzinfo=UTC)
-    return day + timedelta(hours=int(m.group(2) or 0), minutes=int(m.group(3) or 0))
-
 
 def _pipeline(state: CliState, engine: Engine) -> Callable[[IngestResult], object]:
     """What a producer (`poll`, `replay`) does with the events it wrote. Embedded mode:
@@ -183,7 +164,7 @@ def _snapshot_results(
     folders: Sequence[Path], clock: Clock, at_snapshot_times: bool
 ) -> Iterator[tuple[str, PollResult]]:
     for folder in folders:
-        at = snapshot_time(folder) if at_snapshot_times else clock()
+        at = replay_provider.snapshot_time(folder) if at_snapshot_times else clock()
         yield folder.name, replay_provider.read_snapshot(folder, fetched_at=at)
 
 
@@ -205,7 +186,8 @@ def replay(
         bool,
         typer.Option(
             "--at-snapshot-times",
-            help="Stamp each snapshot with its folder's date instead of now (backtests).",
+            help="Stamp each snapshot with its commit time (snapshots.csv beside the "
+            "folders) or its folder's date, instead of now; folders must be oldest first.",
         ),
     ] = False,
 ) -> None:
@@ -217,9 +199,8 @@ def replay(
         for p in paths or [replay_provider.bundled_sample()]:
             folders += replay_provider.list_snapshots(p)
         if at_snapshot_times:
-            for f in folders:
-                snapshot_time(f)
-    except (FileNotFoundError, ValueError) as exc:
+            replay_provider.check_chronological(folders)
+    except (FileNotFoundError, ValueError, replay_provider.SnapshotFileError) as exc:
         raise fail(str(exc)) from None
     summary = replay_results(
         engine,
@@ -237,6 +218,7 @@ def replay(
         )
         if summary.skipped:
             typer.echo("skipped rows: " + ", ".join(f"{k} {v}" for k, v in out["skipped"].items()))
+        _print_unrecognised(summary.unrecognised)
         for note in summary.notes[:10]:
             err.print(f"  {note}", highlight=False)
     for e in summary.errors:
@@ -309,13 +291,17 @@ def poll(
         report[name] = {
             "status": str(outcome.status),
             "offers": outcome.offers_seen,
+            "poll_id": outcome.poll_run_id,
             "scope_errors": outcome.scope_errors,
+            "skipped": dict(sorted(outcome.skipped.items())),
+            "unrecognised": outcome.unrecognised,
         }
         if not as_json:
             ev = ", ".join(f"{k} {v}" for k, v in sorted(outcome.events.items())) or "no change"
             typer.echo(f"{name}: {outcome.status}, {outcome.offers_seen} offers; {ev}")
             for e in outcome.scope_errors:
                 err.print(f"  {e['scope']}: {e['code']}: {e['message']}", highlight=False)
+            _print_unrecognised(outcome.unrecognised)
     if as_json:
         typer.echo(json.dumps({"providers": report, "events": dict(sorted(events.items()))}))
     if any(r["status"] == ProviderStatus.DEGRADED for r in report.values()):
@@ -331,12 +317,37 @@ class OutputFormat(StrEnum):
     CSV = "csv"
 
 
+def _print_unrecognised(unrecognised: dict[str, Any]) -> None:
+    """One line per provider naming the regions and GPU names the tables do not know."""
+    for provider, parts in sorted(unrecognised.items()):
+        for what, names in sorted(parts.items()):
+            if names:
+                listed = ", ".join(f"{n} ({c})" for n, c in names.items())
+                err.print(
+                    f"  {provider}: unrecognised {what.replace('_', ' ')} (offers kept, with "
+                    f"a null {'location' if what == 'regions' else 'model'}): {listed}",
+                    highlight=False,
+                )
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
     return value
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell: empty for None, nested values (anomalies, source) as compact JSON."""
+    if value is None:
+        return ""
+    out = _jsonable(value)
+    return json.dumps(out, separators=(",", ":")) if isinstance(out, dict | list) else out
 
 
 def _fmt_num(value: Decimal | None, places: int = 2) -> str:
@@ -379,14 +390,14 @@ def _render_table(rows: list[dict[str, Any]], total: int, now: datetime) -> None
         table.add_row(
             r["provider"],
             r["instance_type"],
-            r["gpu_model"],
+            r["gpu_model"] or f"? {r['gpu_name_raw']}",
             _fmt_num(r["gpu_count"], 3),
             _fmt_num(r["gpu_memory_gb"], 0),
             where,
             r["jurisdiction"] or "?",
             r["market"],
             _fmt_num(r["price_per_hour"]),
-            _fmt_num(r["price_per_gpu_hour"]),
+            _fmt_num(r["price_per_gpu_hour"]) + (" [red]![/]" if r["anomalies"] else ""),
             r["availability"],
             seen,
         )
@@ -395,6 +406,11 @@ def _render_table(rows: list[dict[str, Any]], total: int, now: datetime) -> None
         console.print(
             f"showing {len(rows)} of {total} offers, cheapest per GPU-hour first "
             "(--limit 0 shows all)"
+        )
+    if any(r["anomalies"] for r in rows):
+        console.print(
+            "[red]![/] price flagged by a sanity rule (docs/anomalies.md; --format json shows "
+            "why, --exclude-anomalies hides them)"
         )
 
 
@@ -451,7 +467,8 @@ def offers(
     gpu: Annotated[
         list[str] | None,
         typer.Option(
-            help="GPU model or family (H100, H100-SXM, A100-80GB, TPU-v5p...); repeatable.",
+            help="GPU model or family (H100, H100-SXM, 'H100 80GB', A100-80GB, TPU-v5p...); "
+            "MODEL:COUNT = at least COUNT per instance (H100:8); repeatable.",
             show_default=False,
         ),
     ] = None,
@@ -480,6 +497,10 @@ def offers(
     include_stale: Annotated[
         bool, typer.Option(help="Also show offers whose data is older than the stale TTL.")
     ] = False,
+    exclude_anomalies: Annotated[
+        bool,
+        typer.Option(help="Hide offers whose price a sanity rule flagged (docs/anomalies.md)."),
+    ] = False,
     output_format: Annotated[
         OutputFormat | None,
         typer.Option(
@@ -506,17 +527,16 @@ def offers(
     """List current offers, cheapest per GPU-hour first."""
     state = _state(ctx)
     engine = _ready_engine(state)
-    models: frozenset[str] | None = None
-    if gpu:
-        try:
-            models = frozenset().union(*(gpus.resolve_query(g) for g in gpu))
-        except gpus.UnknownGpu as exc:
-            raise fail(str(exc)) from None
+    try:
+        models, minimums = gpu_filters(gpu or ())
+    except gpus.GpuFilterError as exc:
+        raise fail(str(exc)) from None
     fmt = output_format or (OutputFormat.TABLE if sys.stdout.isatty() else OutputFormat.JSON)
     if limit is None:
         limit = 50 if fmt == OutputFormat.TABLE else 0
     query = OfferQuery(
         gpu_models=models,
+        gpu_minimums=minimums,
         min_gpus=Decimal(str(min_gpus)) if min_gpus is not None else None,
         providers=tuple(provider or ()),
         regions=tuple(region or ()),
@@ -527,6 +547,7 @@ def offers(
             Decimal(str(max_price_per_gpu_hour)) if max_price_per_gpu_hour is not None else None
         ),
         include_stale=include_stale,
+        exclude_anomalies=exclude_anomalies,
     )
     now = state.clock()
     stale_after = timedelta(minutes=state.settings.stale_after_minutes)
@@ -548,7 +569,7 @@ def offers(
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(OUTPUT_FIELDS)
         for r in shown:
-            writer.writerow(["" if r[f] is None else _jsonable(r[f]) for f in OUTPUT_FIELDS])
+            writer.writerow([_csv_cell(r[f]) for f in OUTPUT_FIELDS])
     else:
         _render_table(shown, total, now)
         if not rows and hidden_stale:

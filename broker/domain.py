@@ -48,6 +48,7 @@ class EventType(StrEnum):
     OFFER_WITHDRAWN = "offer_withdrawn"
     PRICE_CHANGED = "price_changed"
     AVAILABILITY_CHANGED = "availability_changed"
+    SPEC_CHANGED = "spec_changed"
     PROVIDER_DEGRADED = "provider_degraded"
     PROVIDER_RECOVERED = "provider_recovered"
 
@@ -58,7 +59,11 @@ OFFER_EVENT_TYPES: tuple[EventType, ...] = (
     EventType.OFFER_WITHDRAWN,
     EventType.PRICE_CHANGED,
     EventType.AVAILABILITY_CHANGED,
+    EventType.SPEC_CHANGED,
 )
+
+#: The offer fields whose change is a `spec_changed` event (what one instance gives you).
+SPEC_FIELDS: tuple[str, ...] = ("gpu_count", "gpu_memory_gb", "vcpus", "memory_gb")
 
 
 class ProviderStatus(StrEnum):
@@ -111,8 +116,11 @@ class Offer:
         zone: availability zone (or AWS zone id, OCI availability domain) when per-zone.
         instance_type: the provider's size / shape name.
         market: on-demand, spot, capacity block or reserved.
-        gpu_model: canonical model from `broker.gpus` (`H100-SXM`, `A100-80GB`, `TPU-v4`).
-        gpu_count: accelerators per instance (TPU: chips per slice; Azure: may be fractional).
+        gpu_model: canonical model from `broker.gpus` (`H100-SXM`, `A100-80GB`, `TPU-v4`);
+            None when the catalogue does not know the provider's name (then `gpu_name_raw`
+            holds it: the offer is kept, listed and counted, never dropped or guessed).
+        gpu_count: accelerators per instance (TPU: chips per slice; a partial size carries
+            its fraction, e.g. 0.125 for 1/8 of an MI25, see `broker.sizes`).
         price_per_hour: USD per instance-hour in this market.
         gpu_family, accelerator_kind, gpu_vendor, form_factor: from the catalogue entry.
         gpu_memory_gb: memory per accelerator in GB (GiB as providers report it).
@@ -124,6 +132,7 @@ class Offer:
         earliest_start: when the capacity can start (capacity blocks); `None` = now/unknown.
         min_duration_hours, max_duration_hours: term limits where the market has them.
         offering_id: the provider's id for one specific offering (a capacity block).
+        gpu_name_raw: the provider's own accelerator name when `gpu_model` is None.
         raw: the provider's own fields, kept for audit (not compared).
     """
 
@@ -131,12 +140,12 @@ class Offer:
     region: str
     instance_type: str
     market: Market
-    gpu_model: str
+    gpu_model: str | None
     gpu_count: Decimal
     price_per_hour: Decimal
     zone: str | None = None
     gpu_family: str | None = None
-    accelerator_kind: str = "gpu"
+    accelerator_kind: str | None = "gpu"
     gpu_vendor: str | None = None
     form_factor: str | None = None
     gpu_memory_gb: Decimal | None = None
@@ -154,11 +163,14 @@ class Offer:
     min_duration_hours: int | None = None
     max_duration_hours: int | None = None
     offering_id: str | None = None
+    gpu_name_raw: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not self.provider or not self.region or not self.instance_type:
             raise ValueError("an offer needs provider, region and instance_type")
+        if self.gpu_model is None and not self.gpu_name_raw:
+            raise ValueError(f"{self.key}: an unrecognised accelerator needs gpu_name_raw")
         if self.gpu_count <= 0:
             raise ValueError(f"{self.key}: gpu_count must be > 0, got {self.gpu_count}")
         if self.price_per_hour <= 0:
@@ -277,6 +289,9 @@ class PollResult:
     capacity_by_presence: frozenset[tuple[str, str]] = frozenset()
     #: Account quotas seen by this poll (regions in `scopes_ok` only).
     quotas: Sequence[Quota] = ()
+    #: Where each provider's data came from: provider -> the adapter and endpoint(s), or the
+    #: snapshot folder and file (with its commit when known). Shown as every offer's `source`.
+    origins: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def providers(self) -> list[str]:

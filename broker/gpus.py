@@ -2,19 +2,34 @@
 
 Owns the one list of accelerators the broker knows (`CATALOGUE`: GPUs, Google TPU
 generations and other accelerators such as Inferentia, Trainium, Gaudi, Qualcomm AI 100 and
-the f1 FPGA, each typed by `AcceleratorKind`) and the rules that turn what a provider calls a
-card into a catalogue entry. It leaves reading provider payloads to the adapters in
-`providers/`, prices and counts to `broker.offers`, and regions to `broker.regions`.
+the f1 FPGA, each typed by `AcceleratorKind`), the rules that turn what a provider calls a
+card into a catalogue entry, and the reading of a user's GPU filter (`resolve_query`,
+`parse_gpu_filter`). It leaves reading provider payloads to the adapters in `providers/`,
+prices and counts to `broker.offers`, and regions to `broker.regions`.
 
 Normalisation is table-driven, never fuzzy: a name is cleaned (lower case, separators and
 leading vendor words dropped) and looked up in `_ALIASES`; a few documented per-provider
 rules then refine a name the provider leaves ambiguous, by instance type (H100 form factor,
 Inferentia generation) or by the memory the provider reports (Vast's `A100` for 40 and
-80 GB cards). A name no rule covers gives `None`; the caller skips and counts the row.
+80 GB cards, the RTX 4060 Ti's 8 and 16 GB). A name no rule covers gives `None`; the caller
+skips and counts the row.
 
-Form factor is tracked where it changes what a user gets (H100: SXM, PCIe, NVL). When the
-provider does not say which (Vast reduces `H100_SXM` and `H100_NVL` to `H100`), the offer
-gets the entry `H100` with `form_factor=None` rather than a guess.
+Form factor is tracked where it changes what a user gets (H100: SXM, PCIe, NVL). A name that
+does not say which (`H100` from Vast's reduced catalog names, Paperspace, FluidStack) gives
+the entry `H100` with `form_factor=None` rather than a guess. Vast's own listing name is
+not reduced: its API's `gpu_name` (`H100 NVL`) and the market data set's InstanceType
+(`1x-H100_NVL-32-65536`) carry it, and normalising that name gives the specific entry.
+
+Ti and SUPER cards are their own models and their own families (`RTX4070TiS`, `RTX4060Ti`,
+`RTX3060Ti`, as `RTX3080Ti` and `RTX4080S` already were): another chip configuration and
+often other memory, so a filter for `RTX4060` does not quietly include a 4060 Ti. Memory
+variants of one card share a family (`A100` / `A100-80GB`, `RTX4060Ti` / `RTX4060Ti-16GB`).
+
+Errors (all `ValueError`s, so callers that only want "bad input" catch that):
+
+    GpuFilterError        a user's GPU filter cannot be read
+    ├── UnknownGpu        no catalogue entry or family matches the name; names near matches
+    └── BadGpuCount       the `:COUNT` of `MODEL:COUNT` is not a whole number >= 1
 """
 
 from __future__ import annotations
@@ -37,9 +52,10 @@ class AcceleratorKind(StrEnum):
 class GpuModel:
     """One catalogue entry.
 
-    `memory_gb` is per accelerator (per chip for TPUs), `None` where no figure is published
-    for the unit a provider sells. `form_factor` is "SXM", "PCIe" or "NVL" where the
-    catalogue distinguishes it (H100), else `None`.
+    `memory_gb` is per accelerator (per chip for TPUs), in GB as the vendor's spec states it,
+    `None` where no figure is published for the unit a provider sells. `form_factor` is
+    "SXM", "PCIe" or "NVL" where the catalogue distinguishes variants (H100, H200) or where
+    the vendor sells the model in one form only and says so (B300: SXM); else `None`.
     """
 
     name: str
@@ -50,14 +66,32 @@ class GpuModel:
     form_factor: str | None = None
 
 
-class UnknownGpu(ValueError):
+class GpuFilterError(ValueError):
+    """A GPU name or filter the catalogue cannot read; the message says why."""
+
+
+class UnknownGpu(GpuFilterError):
     """A GPU model or family the catalogue does not know; the message names near matches."""
+
+
+class BadGpuCount(GpuFilterError):
+    """The count of a `MODEL:COUNT` filter is not a whole number of at least 1."""
 
 
 _G, _T, _X = AcceleratorKind.GPU, AcceleratorKind.TPU, AcceleratorKind.OTHER
 
 _ENTRIES: tuple[GpuModel, ...] = (
     # NVIDIA data centre
+    # Blackwell Ultra: 288 GB HBM3e per GPU, the B300 an SXM module ("NVIDIA-B300-SXM6-AC",
+    # docs.nvidia.com/nim/bionemo/boltz2 release notes 1.7.0). AWS p6-b300 reports 275040 MiB
+    # per GPU (268.6 GiB = 288 GB). The GB300 is the same GPU paired with a Grace CPU on a
+    # superchip board (GB300 NVL72: 72 Blackwell Ultra GPUs); a superchip is not a card form
+    # factor, so form_factor stays None for GB200 and GB300.
+    GpuModel("GB300", "GB300", "NVIDIA", _G, 288),
+    GpuModel("B300", "B300", "NVIDIA", _G, 288, "SXM"),
+    # GB200: 186 GB HBM3e per GPU (GB200 NVL72: 13.4 TB for 72 GPUs; dstackai/gpuhunt
+    # src/gpuhunt/_internal/constraints.py KNOWN_NVIDIA_GPUS "GB200" memory=186).
+    GpuModel("GB200", "GB200", "NVIDIA", _G, 186),
     GpuModel("B200", "B200", "NVIDIA", _G, 180),
     GpuModel("H200", "H200", "NVIDIA", _G, 141),
     GpuModel("H200-NVL", "H200", "NVIDIA", _G, 141, "NVL"),
@@ -88,9 +122,11 @@ _ENTRIES: tuple[GpuModel, ...] = (
     GpuModel("K80", "K80", "NVIDIA", _G, 12),  # per GPU; a K80 board carries two
     GpuModel("K520", "K520", "NVIDIA", _G, 4),  # per GPU; AWS g2 reports 4096 MiB
     GpuModel("M60", "M60", "NVIDIA", _G, 8),  # per GPU; AWS g3 reports 8192 MiB
-    # NVIDIA workstation
-    GpuModel("RTXPRO6000WS", "RTXPRO6000", "NVIDIA", _G, 96),  # RTX PRO 6000 Blackwell WS
-    GpuModel("RTXPRO6000S", "RTXPRO6000", "NVIDIA", _G, 96),  # Server Edition
+    # NVIDIA workstation. RTX PRO 6000 Blackwell, Workstation and Server Edition: 96 GB GDDR7
+    # each (gpuhunt KNOWN_NVIDIA_GPUS "RTXPRO6000" memory=96; Vast's RTX_PRO_6000_WS reports
+    # 97887 MiB). One family: same chip and memory, cooled for a desk or a server.
+    GpuModel("RTXPRO6000WS", "RTXPRO6000", "NVIDIA", _G, 96),
+    GpuModel("RTXPRO6000S", "RTXPRO6000", "NVIDIA", _G, 96),
     GpuModel("RTX6000-Ada", "RTX6000-Ada", "NVIDIA", _G, 48),
     GpuModel("RTX5880-Ada", "RTX5880-Ada", "NVIDIA", _G, 48),
     GpuModel("RTX5000-Ada", "RTX5000-Ada", "NVIDIA", _G, 32),
@@ -110,21 +146,37 @@ _ENTRIES: tuple[GpuModel, ...] = (
     GpuModel("RTX4090D", "RTX4090D", "NVIDIA", _G, 24),
     GpuModel("RTX4080", "RTX4080", "NVIDIA", _G, 16),
     GpuModel("RTX4080S", "RTX4080S", "NVIDIA", _G, 16),
+    # Ti and SUPER cards seen in Vast listings (RTX_4070S_Ti, RTX_4060_Ti, RTX_3060_Ti in the
+    # market data set's vast.csv). Memory from gpuhunt KNOWN_NVIDIA_GPUS: RTX4070TiSUPER 16,
+    # RTX4060Ti 8 and 16 (two boards, chosen by reported memory), RTX3060Ti 8; vast.csv
+    # agrees (4x RTX_4070S_Ti 65504 MiB, 4x RTX_4060_Ti 65520 MiB, 1x RTX_3060_Ti 8192 MiB).
+    GpuModel("RTX4070TiS", "RTX4070TiS", "NVIDIA", _G, 16),  # RTX 4070 Ti SUPER
     GpuModel("RTX4070Ti", "RTX4070Ti", "NVIDIA", _G, 12),
     GpuModel("RTX4070", "RTX4070", "NVIDIA", _G, 12),
+    GpuModel("RTX4060Ti", "RTX4060Ti", "NVIDIA", _G, 8),
+    GpuModel("RTX4060Ti-16GB", "RTX4060Ti", "NVIDIA", _G, 16),
     GpuModel("RTX4060", "RTX4060", "NVIDIA", _G, 8),
     GpuModel("RTX3090", "RTX3090", "NVIDIA", _G, 24),
     GpuModel("RTX3090Ti", "RTX3090Ti", "NVIDIA", _G, 24),
     GpuModel("RTX3080Ti", "RTX3080Ti", "NVIDIA", _G, 12),
     GpuModel("RTX3080", "RTX3080", "NVIDIA", _G, 10),
     GpuModel("RTX3070", "RTX3070", "NVIDIA", _G, 8),
+    GpuModel("RTX3060Ti", "RTX3060Ti", "NVIDIA", _G, 8),
     GpuModel("RTX3060", "RTX3060", "NVIDIA", _G, 12),
-    # AMD
+    # AMD. VRAM of MI355X (288), MI325X (256) and Radeon PRO V710 (28) from AMD's ROCm GPU
+    # specifications table (rocm.docs.amd.com reference/gpu-specs, ROCm/rocm-docs
+    # docs/reference/gpu-specs.rst); Radeon PRO V620 (32) from the same table in its earlier
+    # form (ROCm docs/reference/gpu-arch-specs.rst). The V710 backs Azure's NVads V710 v5,
+    # the V620 Azure's NGads V620.
+    GpuModel("MI355X", "MI355X", "AMD", _G, 288),
+    GpuModel("MI325X", "MI325X", "AMD", _G, 256),
     GpuModel("MI300X", "MI300X", "AMD", _G, 192),
     GpuModel("MI250X", "MI250X", "AMD", _G, 128),  # per OAM module (two dies)
     GpuModel("MI210", "MI210", "AMD", _G, 64),
     GpuModel("MI100", "MI100", "AMD", _G, 32),
     GpuModel("MI25", "MI25", "AMD", _G, 16),
+    GpuModel("V710", "V710", "AMD", _G, 28),  # Radeon PRO V710
+    GpuModel("V620", "V620", "AMD", _G, 32),  # Radeon PRO V620
     GpuModel("V520", "V520", "AMD", _G, 8),  # Radeon Pro V520 (AWS g4ad)
     # Google TPU generations, HBM per chip (cloud.google.com/tpu/docs/v2 ... /v6e)
     GpuModel("TPU-v2", "TPU-v2", "Google", _T, 16),
@@ -193,6 +245,7 @@ _ALIASES: dict[str, str] = {
     "gh200sxm": "GH200",
     "qrtx6000": "RTX6000",  # Vast "Q_RTX_6000": the Quadro RTX 6000
     "rtxpro6000": "RTXPRO6000WS",  # Vast's plain "RTX_PRO_6000" is the workstation card
+    "rtxpro6000blackwellserveredition": "RTXPRO6000S",  # Azure NC RTX PRO 6000 BSE v6
     "a100pcie": "A100",
     "a10080gb": "A100-80GB",
     "a10080gbsxm": "A100-80GB",  # RunPod; form factor is not tracked for A100
@@ -211,12 +264,17 @@ _ALIASES: dict[str, str] = {
     "rtx5000adageneration": "RTX5000-Ada",
     "rtx2000adageneration": "RTX2000-Ada",
     "rtx4080super": "RTX4080S",
+    "rtx4070sti": "RTX4070TiS",  # Vast "RTX 4070S Ti" / "RTX_4070S_Ti"
+    "rtx4070tisuper": "RTX4070TiS",
+    "rtx4060ti8gb": "RTX4060Ti",  # the 8 GB board named like the 16 GB one
     "v100fhhl": "V100",  # RunPod ids (runpod/docs references/gpu-types.mdx)
     "v100sxm216gb": "V100",
     "v100sxm232gb": "V100-32GB",
     "rtxpro6000blackwellworkstationedition": "RTXPRO6000WS",
     "p100pcie16gb": "P100",  # Scaleway GpuInfo "Tesla P100-PCIE-16GB"
     "prov520": "V520",  # AWS "Radeon Pro V520"
+    "prov710": "V710",  # Azure "AMD Radeon PRO V710"
+    "prov620": "V620",  # Azure "AMD Radeon PRO V620"
     "mi300xoam": "MI300X",  # RunPod "AMD Instinct MI300X OAM"
     "gaudihl205": "Gaudi",  # AWS "Gaudi HL-205"
     "cloudai100": "AI100",
@@ -237,6 +295,7 @@ _MEMORY_AMBIGUOUS: dict[str, tuple[str, ...]] = {
     "a100sxm": ("A100", "A100-80GB"),
     "a100pcie": ("A100", "A100-80GB"),
     "v100": ("V100", "V100-32GB"),
+    "rtx4060ti": ("RTX4060Ti", "RTX4060Ti-16GB"),  # Vast "RTX 4060 Ti": 8 or 16 GB boards
 }
 #: Reported memory within this fraction of a member's catalogue memory picks that member;
 #: the slack covers MiB-vs-GB rounding and usable-memory figures (SCP: 81251 MiB for 80 GB).
@@ -389,29 +448,110 @@ _FAMILIES_BY_CLEANED: dict[str, frozenset[str]] = {
     _clean(family): members for family, members in _FAMILIES.items()
 }
 
+#: "<name> <N>GB", "<name>-<N>G", "<name> <N> GB": a name, then the memory it asks for. The
+#: separator is required, so names that end in a G (`T4G`, `A10G`) are not read as memory.
+_MEMORY_QUERY = re.compile(r"^(?P<name>.*?\S)[\s_-]+(?P<gb>\d+)\s*gb?$", re.IGNORECASE)
 
-def resolve_query(query: str) -> frozenset[str]:
-    """The canonical names a user's GPU filter covers, matched case-insensitively.
 
-    A family name covers every member (`H100` -> H100, H100-SXM, H100-PCIe, H100-NVL); a
-    model name covers itself (`H100-SXM`); a provider spelling covers what it normalises to
-    (`RTX A6000` -> RTXA6000), or its whole family when it names one (`NVIDIA A100`).
-
-    Raises:
-        UnknownGpu: nothing matches; the message suggests near matches.
-    """
+def _resolve_name(query: str) -> frozenset[str] | None:
+    """The models a name covers (see `resolve_query`), or None when it names nothing."""
     q = query.strip().lower()
     if q in _FAMILIES:
         return _FAMILIES[q]
     if q in _BY_LOWER:
         return frozenset({_BY_LOWER[q].name})
     cleaned = _clean(q)
+    if not cleaned:
+        return None
     if cleaned in _FAMILIES_BY_CLEANED:
         return _FAMILIES_BY_CLEANED[cleaned]
-    model = normalise(query) if cleaned else None
-    if model is None:
+    if cleaned in _MEMORY_AMBIGUOUS:
+        # A name that does not say the memory covers every memory it is sold with
+        # (`A100 SXM4` -> A100 and A100-80GB), not only the plain entry normalise gives.
+        return frozenset(_MEMORY_AMBIGUOUS[cleaned])
+    model = normalise(query)
+    return frozenset({model.name}) if model is not None else None
+
+
+def _resolve_with_memory(query: str) -> frozenset[str] | None:
+    """`<name> <N>GB`: the models of `<name>` whose catalogue memory is N GB.
+
+    None when the query has no memory suffix or its name part names nothing.
+
+    Raises:
+        UnknownGpu: the name is known but none of its models has N GB, and the whole query
+            is no provider spelling either (`H100 40GB`).
+    """
+    m = _MEMORY_QUERY.match(query.strip())
+    if m is None:
+        return None
+    base = _resolve_name(m["name"])
+    if base is None:
+        return None
+    gb = int(m["gb"])
+    hits = frozenset(n for n in base if CATALOGUE[n].memory_gb == gb)
+    if hits:
+        return hits
+    whole = _resolve_name(query)  # a provider id that embeds the memory: A100-SXM4-80GB
+    if whole is not None:
+        return whole
+    known = ", ".join(f"{n} {CATALOGUE[n].memory_gb} GB" for n in sorted(base))
+    raise UnknownGpu(f"Unknown GPU {query!r}: no {m['name'].strip()} has {gb} GB ({known}).")
+
+
+def resolve_query(query: str) -> frozenset[str]:
+    """The canonical names a user's GPU filter covers, matched case-insensitively.
+
+    A family name covers every member (`H100` -> H100, H100-SXM, H100-PCIe, H100-NVL); a
+    model name covers itself (`H100-SXM`); a provider spelling covers what it normalises to
+    (`RTX A6000` -> RTXA6000, `H100 SXM5` -> H100-SXM), or its whole family when it names
+    one (`NVIDIA A100`). A name followed by a memory size (`H100 80GB`, `A100-80G`,
+    `A100 40GB`) covers the models of that name whose catalogue memory is that many GB:
+    `H100 80GB` -> H100, H100-SXM, H100-PCIe, not the 94 GB H100-NVL.
+
+    Raises:
+        UnknownGpu: nothing matches; the message suggests near matches, or says which
+            memory sizes the named model has.
+    """
+    q = query.strip().lower()
+    if q in _FAMILIES:
+        return _FAMILIES[q]
+    if q in _BY_LOWER:
+        return frozenset({_BY_LOWER[q].name})
+    models = _resolve_with_memory(query)
+    if models is None:
+        models = _resolve_name(query)
+    if models is None:
         raise _unknown(query)
-    return frozenset({model.name})
+    return models
+
+
+_COUNT = re.compile(r"[0-9]+")
+
+
+def parse_gpu_filter(text: str) -> tuple[frozenset[str], int | None]:
+    """One user GPU filter, `MODEL` or `MODEL:COUNT`: the models it covers and the least
+    number of them an instance must carry (None: any number).
+
+    `H100:8` -> (resolve_query("H100"), 8); `H100 80GB:4` -> the 80 GB H100s, 4. One filter
+    per string: a caller that accepts a list splits it first.
+
+    Raises:
+        UnknownGpu: the model part names nothing (see `resolve_query`).
+        BadGpuCount: the count is not a whole number of at least 1 (`H100:0`, `H100:x`,
+            `H100:8:2`, `H100:`).
+    """
+    name, sep, count_text = text.partition(":")
+    models = resolve_query(name)
+    if not sep:
+        return models, None
+    count_text = count_text.strip()
+    if not _COUNT.fullmatch(count_text) or int(count_text) < 1:
+        raise BadGpuCount(
+            f"Bad GPU count {count_text!r} in {text.strip()!r}: write MODEL:COUNT with a "
+            "whole number of GPUs of at least 1, e.g. H100:8."
+        )
+    return models, int(count_text)
 
 
 def tpu_chips(slice_name: str) -> int | None:

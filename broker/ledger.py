@@ -64,7 +64,7 @@ from broker.models import (
     StoredOffer,
     UsageSample,
 )
-from broker.scoring import MarketOffer
+from broker.scoring import MarketOffer, ScoringConfig, max_instances
 
 
 class ReservationKind(StrEnum):
@@ -596,17 +596,19 @@ def _capacity_check(
     *,
     excluding: int | None = None,
 ) -> None:
-    if offer.available_count is None:
+    most = max_instances(MarketOffer.from_row(offer), ScoringConfig())
+    if most is None:
         return
-    room = offer.gpu_count * offer.available_count
+    room = offer.gpu_count * most
     taken = reserved_gpus(session, offer.key, start, end, excluding=excluding)
     if taken + want > room:
         free = max(Decimal(0), room - taken)
         raise LedgerConflict(
             "capacity_exhausted",
-            f"offer {offer.key} has room for {_n(room)} GPUs ({offer.available_count} "
-            f"instances × {_n(offer.gpu_count)}); live reservations already hold {_n(taken)} "
-            f"of them between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC, so "
+            f"offer {offer.key} has room for {_n(room)} GPUs ({most} "
+            f"instance{'s' if most != 1 else ''} × {_n(offer.gpu_count)}); live "
+            f"reservations already hold {_n(taken)} of them between "
+            f"{start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC, so "
             f"{_n(want)} more cannot be booked ({_n(free)} free)",
             {
                 "offer_key": offer.key,
@@ -807,6 +809,7 @@ def reserve(
             if kind == ReservationKind.CAPACITY_BLOCK or offer.upfront_fee is None
             else offer.upfront_fee * instances
         )
+        assert offer.gpu_model is not None  # checked against the request's models above
         row = Reservation(
             team_id=request.team_id,
             request_id=request.id,

@@ -50,9 +50,11 @@ class StoredOffer(SQLModel, table=True):
     instance_type: str = Field(sa_column=Column(String(128), nullable=False))
     market: str = Field(sa_column=Column(String(32), nullable=False))
     offering_id: str | None = Field(default=None, sa_column=Column(String(128)))
-    gpu_model: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    #: None when the catalogue does not know the provider's name (`gpu_name_raw` holds it).
+    gpu_model: str | None = Field(default=None, sa_column=Column(String(64), index=True))
+    gpu_name_raw: str | None = Field(default=None, sa_column=Column(String(128)))
     gpu_family: str | None = Field(default=None, sa_column=Column(String(64)))
-    accelerator_kind: str = Field(sa_column=Column(String(16), nullable=False))
+    accelerator_kind: str | None = Field(default=None, sa_column=Column(String(16)))
     gpu_vendor: str | None = Field(default=None, sa_column=Column(String(32)))
     form_factor: str | None = Field(default=None, sa_column=Column(String(16)))
     gpu_count: Decimal = Field(sa_column=Column(COUNT, nullable=False))
@@ -77,24 +79,43 @@ class StoredOffer(SQLModel, table=True):
     active: bool = Field(nullable=False)
     withdrawn_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     #: Hash of the descriptive fields (not price, availability or raw): a change updates the
-    #: row without an event.
+    #: row (a change of a `SPEC_FIELDS` field is also a `spec_changed` event).
     fingerprint: str = Field(sa_column=Column(String(32), nullable=False))
     raw: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: Price-sanity flags `[{code, message}]` (`broker.anomalies`), refreshed by every ingest.
+    anomalies: list[dict[str, str]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
+    #: The poll that last confirmed this offer (its `source`: origin and fetched_at).
+    poll_run_id: int | None = Field(
+        default=None,
+        sa_column=Column(ID, ForeignKey("poll_runs.id", name="fk_offers_poll_run_id"), index=True),
+    )
 
 
 class Observation(SQLModel, table=True):
     """Price/availability history as change points: one row when an offer appears,
-    reappears, or its price or availability changes (a re-poll with no change adds none;
-    `offers.last_seen` says how long the last point held)."""
+    returns, is withdrawn, or its price, availability or spec changes (a re-poll with no
+    change adds none; `offers.last_seen` says how long the last point held). `kind` says
+    which; a `withdrawn` point starts a gap that the next `returned` point ends. Each point
+    keeps the GPU count and per-GPU price of its own time."""
 
     __tablename__ = "observations"
 
     id: int | None = Field(default=None, sa_column=Column(ID, primary_key=True, autoincrement=True))
     offer_id: int = Field(sa_column=Column(ID, ForeignKey("offers.id"), nullable=False, index=True))
     at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    #: appeared | changed | withdrawn | returned
+    kind: str = Field(sa_column=Column(String(16), nullable=False, server_default="changed"))
     price_per_hour: Decimal = Field(sa_column=Column(MONEY, nullable=False))
+    gpu_count: Decimal | None = Field(default=None, sa_column=Column(COUNT))
+    price_per_gpu_hour: Decimal | None = Field(default=None, sa_column=Column(MONEY))
     availability: str = Field(sa_column=Column(String(16), nullable=False))
     available_count: int | None = Field(default=None, sa_column=Column(Integer))
+    poll_run_id: int | None = Field(
+        default=None,
+        sa_column=Column(ID, ForeignKey("poll_runs.id", name="fk_observations_poll_run_id")),
+    )
 
 
 class MarketEvent(SQLModel, table=True):
@@ -108,7 +129,8 @@ class MarketEvent(SQLModel, table=True):
     offer_key: str | None = Field(default=None, sa_column=Column(String(512), index=True))
     at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     poll_run_id: int | None = Field(
-        default=None, sa_column=Column(ID, ForeignKey("poll_runs.id"), index=True)
+        default=None,
+        sa_column=Column(ID, ForeignKey("poll_runs.id", name="fk_offers_poll_run_id"), index=True),
     )
     before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
@@ -132,6 +154,15 @@ class PollRun(SQLModel, table=True):
     )
     events: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     skipped: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: provider -> where its data came from (adapter and endpoints, or snapshot file).
+    origins: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
+    #: provider -> {"regions": {name: offers}, "gpu_names": {name: offers}} the tables did
+    #: not recognise (the offers are kept with null location / model).
+    unrecognised: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
     #: When `broker.pipeline.process_events` handled this run's events (rescoring, alert
     #: matching); None with events = still to do (a sweep re-enqueues it if its task was lost).
     processed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
@@ -149,6 +180,10 @@ class ProviderState(SQLModel, table=True):
     consecutive_failures: int = Field(default=0, nullable=False)
     last_errors: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    #: What the provider's last successful poll could not map: `PollRun.unrecognised`.
+    unrecognised: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
     )
 
 

@@ -21,13 +21,28 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, false, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    bindparam,
+    cast,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
+from broker import anomalies, gpus
 from broker.domain import (
     OFFER_EVENT_TYPES,
     PRICE_QUANTUM,
+    SPEC_FIELDS,
     Availability,
     Clock,
     EventType,
@@ -68,6 +83,7 @@ DESCRIPTIVE_FIELDS = (
     "market",
     "offering_id",
     "gpu_model",
+    "gpu_name_raw",
     "gpu_family",
     "accelerator_kind",
     "gpu_vendor",
@@ -115,9 +131,43 @@ def _state(price: Decimal, availability: str, count: int | None) -> dict[str, An
     return {"price_per_hour": str(price), "availability": availability, "available_count": count}
 
 
+def _spec(values: Any) -> dict[str, str | None]:
+    """The `SPEC_FIELDS` of an offer or row, as strings (None stays None)."""
+    out: dict[str, str | None] = {}
+    for f in SPEC_FIELDS:
+        v = getattr(values, f)
+        out[f] = None if v is None else str(v.normalize() if isinstance(v, Decimal) else v)
+    return out
+
+
+def _point(
+    offer_id: int,
+    kind: str,
+    at: datetime,
+    run_id: int,
+    price: Decimal,
+    gpu_count: Decimal,
+    availability: str,
+    count: int | None,
+) -> dict[str, Any]:
+    """One history point (an `observations` row) with the per-GPU price of its own time."""
+    return {
+        "offer_id": offer_id,
+        "at": at,
+        "kind": kind,
+        "price_per_hour": price,
+        "gpu_count": gpu_count,
+        "price_per_gpu_hour": (price / gpu_count).quantize(PRICE_QUANTUM),
+        "availability": availability,
+        "available_count": count,
+        "poll_run_id": run_id,
+    }
+
+
 def _appeared_payload(offer: Offer) -> dict[str, Any]:
     return {
         "gpu_model": offer.gpu_model,
+        "gpu_name_raw": offer.gpu_name_raw,
         "gpu_count": str(offer.gpu_count),
         "region": offer.region,
         "zone": offer.zone,
@@ -141,6 +191,8 @@ class IngestResult:
     skipped: dict[str, int] = field(default_factory=dict)
     scope_errors: list[dict[str, Any]] = field(default_factory=list)
     provider_status: dict[str, ProviderStatus] = field(default_factory=dict)
+    #: provider -> {"regions": {...}, "gpu_names": {...}} the tables did not know.
+    unrecognised: dict[str, Any] = field(default_factory=dict)
 
 
 def _scope_clause(scopes: Sequence[Scope]) -> ColumnElement[bool]:
@@ -158,6 +210,68 @@ def _scope_clause(scopes: Sequence[Scope]) -> ColumnElement[bool]:
 
 def _covered(scopes: Mapping[str, list[Scope]], provider: str, region: str, market: str) -> bool:
     return any(s.covers(provider, region, market) for s in scopes.get(provider, ()))
+
+
+@dataclass
+class _Diff:
+    """What one ingest will write, gathered before any write."""
+
+    at: datetime
+    run_id: int
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    inserted_offers: list[Offer] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)  # changed or returned
+    touch_ids: list[int] = field(default_factory=list)  # unchanged, outside covered scopes
+    withdrawals: list[dict[str, Any]] = field(default_factory=list)
+    sold_out: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    observations: list[dict[str, Any]] = field(default_factory=list)
+
+    def event(
+        self, type_: EventType, offer_key: str | None, provider: str, before: Any, after: Any
+    ) -> None:
+        self.events.append(
+            {
+                "type": str(type_),
+                "provider": provider,
+                "offer_key": offer_key,
+                "at": self.at,
+                "poll_run_id": self.run_id,
+                "before": before,
+                "after": after,
+            }
+        )
+
+    def point(self, offer_id: int, kind: str, o: Any, availability: str, count: int | None) -> None:
+        self.observations.append(
+            _point(
+                offer_id,
+                kind,
+                self.at,
+                self.run_id,
+                o.price_per_hour,
+                o.gpu_count,
+                availability,
+                count,
+            )
+        )
+
+
+_CURRENT_COLUMNS = (
+    "id",
+    "key",
+    "provider",
+    "region",
+    "market",
+    "instance_type",
+    "active",
+    "price_per_hour",
+    "price_per_gpu_hour",
+    "availability",
+    "available_count",
+    "fingerprint",
+    *SPEC_FIELDS,
+)
 
 
 def ingest_poll(
@@ -182,7 +296,7 @@ def ingest_poll(
     scopes_ok: dict[str, list[Scope]] = {}
     for s in result.scopes_ok:
         scopes_ok.setdefault(s.provider, []).append(s)
-
+    unrecognised = unrecognised_of(result.offers)
     run_id = conn.execute(
         insert(POLL_RUNS).returning(POLL_RUNS.c.id),
         {
@@ -196,203 +310,39 @@ def ingest_poll(
             "scope_errors": [e.as_dict() for e in result.scope_errors],
             "events": {},
             "skipped": dict(result.skipped),
+            "origins": dict(result.origins),
+            "unrecognised": unrecognised,
         },
     ).scalar_one()
 
     current: dict[str, Any] = {}
     if providers:
         rows = conn.execute(
-            select(
-                OFFERS.c.id,
-                OFFERS.c.key,
-                OFFERS.c.provider,
-                OFFERS.c.region,
-                OFFERS.c.market,
-                OFFERS.c.instance_type,
-                OFFERS.c.active,
-                OFFERS.c.price_per_hour,
-                OFFERS.c.availability,
-                OFFERS.c.available_count,
-                OFFERS.c.fingerprint,
-            ).where(OFFERS.c.provider.in_(providers))
+            select(*(OFFERS.c[c] for c in _CURRENT_COLUMNS)).where(OFFERS.c.provider.in_(providers))
         )
         current = {r.key: r for r in rows.all()}
-
-    # Providers covered whole by this poll: every offer of theirs is inside a covered scope.
-    whole = {
-        p for p, ss in scopes_ok.items() if any(s.region is None and s.market is None for s in ss)
-    }
     new: dict[str, Offer] = {}
     for offer in result.offers:
         new.setdefault(offer.key, offer)  # adapters dedupe; a late repeat never overrides
 
-    inserts: list[dict[str, Any]] = []
-    inserted_offers: list[Offer] = []
-    updates: list[dict[str, Any]] = []  # full rewrites (changed, reappeared)
-    touch_ids: list[int] = []  # unchanged offers outside the covered scopes
-    events: list[dict[str, Any]] = []
-    observations: list[dict[str, Any]] = []
-
-    def event(
-        type_: EventType, offer_key: str | None, provider: str, before: Any, after: Any
-    ) -> None:
-        events.append(
-            {
-                "type": str(type_),
-                "provider": provider,
-                "offer_key": offer_key,
-                "at": at,
-                "poll_run_id": run_id,
-                "before": before,
-                "after": after,
-            }
-        )
-
-    for key, offer in new.items():
-        fp = fingerprint(offer)
-        old = current.get(key)
-        if old is None:
-            values = _offer_values(offer, fp)
-            values.update(first_seen=at, last_seen=at, active=True, withdrawn_at=None)
-            inserts.append(values)
-            inserted_offers.append(offer)
-            event(EventType.OFFER_APPEARED, key, offer.provider, None, _appeared_payload(offer))
-            continue
-        availability = str(offer.availability)
-        price_moved = old.price_per_hour != offer.price_per_hour
-        avail_moved = (old.availability, old.available_count) != (
-            availability,
-            offer.available_count,
-        )
-        if not old.active:
-            event(EventType.OFFER_APPEARED, key, offer.provider, None, _appeared_payload(offer))
-        elif price_moved or avail_moved:
-            before = _state(old.price_per_hour, old.availability, old.available_count)
-            after = _state(offer.price_per_hour, availability, offer.available_count)
-            if price_moved:
-                before["price_per_gpu_hour"] = str(
-                    (old.price_per_hour / offer.gpu_count).quantize(Decimal("0.000001"))
-                )
-                after["price_per_gpu_hour"] = str(offer.price_per_gpu_hour)
-                event(EventType.PRICE_CHANGED, key, offer.provider, before, after)
-            if avail_moved:
-                event(EventType.AVAILABILITY_CHANGED, key, offer.provider, before, after)
-        if not old.active or price_moved or avail_moved or old.fingerprint != fp:
-            values = _offer_values(offer, fp)
-            values.update(_id=old.id, last_seen=at, active=True, withdrawn_at=None)
-            updates.append(values)
-            if not old.active or price_moved or avail_moved:
-                observations.append(
-                    {
-                        "offer_id": old.id,
-                        "at": at,
-                        "price_per_hour": offer.price_per_hour,
-                        "availability": availability,
-                        "available_count": offer.available_count,
-                    }
-                )
-        elif offer.provider not in whole and not _covered(
-            scopes_ok, offer.provider, offer.region, old.market
-        ):
-            touch_ids.append(old.id)
-
-    withdrawals: list[dict[str, Any]] = []
-    sold_out: list[dict[str, Any]] = []
-    unavailable = str(Availability.UNAVAILABLE)
-    for key, old in current.items():
-        if (
-            old.active
-            and key not in new
-            and _covered(scopes_ok, old.provider, old.region, old.market)
-        ):
-            if (old.provider, old.instance_type) in result.capacity_by_presence:
-                # Still sold, just not listed with capacity here now: a sell-out, not a
-                # withdrawal, so "tell me when it comes back" has an offer to watch.
-                if (old.availability, old.available_count) != (unavailable, None):
-                    sold_out.append({"_id": old.id})
-                    observations.append(
-                        {
-                            "offer_id": old.id,
-                            "at": at,
-                            "price_per_hour": old.price_per_hour,
-                            "availability": unavailable,
-                            "available_count": None,
-                        }
-                    )
-                    event(
-                        EventType.AVAILABILITY_CHANGED,
-                        key,
-                        old.provider,
-                        _state(old.price_per_hour, old.availability, old.available_count),
-                        _state(old.price_per_hour, unavailable, None),
-                    )
-                continue
-            withdrawals.append({"_id": old.id})
-            event(
-                EventType.OFFER_WITHDRAWN,
-                key,
-                old.provider,
-                _state(old.price_per_hour, old.availability, old.available_count),
-                None,
-            )
-
-    if inserts:
-        ids = _allocate_ids(conn, "offers", len(inserts))
-        for oid, values in zip(ids, inserts, strict=True):
-            values["id"] = oid
-        conn.execute(insert(OFFERS), inserts)
-        observations += [
-            {
-                "offer_id": oid,
-                "at": at,
-                "price_per_hour": o.price_per_hour,
-                "availability": str(o.availability),
-                "available_count": o.available_count,
-            }
-            for oid, o in zip(ids, inserted_offers, strict=True)
-        ]
-    if updates:
-        cols: dict[str, Any] = {c: bindparam(c) for c in updates[0] if c != "_id"}
-        conn.execute(update(OFFERS).where(OFFERS.c.id == bindparam("_id")).values(cols), updates)
-    if sold_out:
-        conn.execute(
-            update(OFFERS)
-            .where(OFFERS.c.id == bindparam("_id"))
-            .values(availability=unavailable, available_count=None),
-            sold_out,
-        )
-    if withdrawals:
-        conn.execute(
-            update(OFFERS)
-            .where(OFFERS.c.id == bindparam("_id"))
-            .values(active=False, withdrawn_at=at),
-            withdrawals,
-        )
-    # Every active offer left inside a covered scope was seen by this poll.
-    if result.scopes_ok:
-        conn.execute(
-            update(OFFERS)
-            .where(OFFERS.c.active, _scope_clause(result.scopes_ok), OFFERS.c.last_seen < at)
-            .values(last_seen=at)
-        )
-    if touch_ids:
-        conn.execute(
-            update(OFFERS).where(OFFERS.c.id == bindparam("_id")).values(last_seen=at),
-            [{"_id": i} for i in touch_ids],
-        )
-    if observations:
-        conn.execute(insert(OBSERVATIONS), observations)
-
+    diff = _Diff(at, run_id)
+    _diff_seen(diff, new, current, scopes_ok)
+    _diff_missing(diff, new, current, scopes_ok, result.capacity_by_presence)
+    _write(conn, diff, result.scopes_ok)
     if result.quotas:
         _upsert_quotas(conn, result.quotas, at)
-    provider_status = _update_provider_states(session, result, providers, at, event)
-    counts: Counter[str] = Counter(e["type"] for e in events)
+    provider_status = _update_provider_states(
+        session, result, providers, at, diff.event, unrecognised
+    )
+    if new or diff.withdrawals:
+        refresh_anomalies(conn)
+    counts: Counter[str] = Counter(e["type"] for e in diff.events)
     first_id = last_id = None
-    if events:
-        ids = _allocate_ids(conn, "market_events", len(events))
-        for eid, values in zip(ids, events, strict=True):
+    if diff.events:
+        ids = _allocate_ids(conn, "market_events", len(diff.events))
+        for eid, values in zip(ids, diff.events, strict=True):
             values["id"] = eid
-        conn.execute(insert(EVENTS), events)
+        conn.execute(insert(EVENTS), diff.events)
         first_id, last_id = ids[0], ids[-1]
     status = _worst(provider_status.values())
     conn.execute(
@@ -403,7 +353,7 @@ def ingest_poll(
             offers_seen=len(new),
             events=dict(counts),
             # Nothing to process without events; otherwise `process_events` stamps it.
-            processed_at=None if events else clock(),
+            processed_at=None if diff.events else clock(),
         )
     )
     return IngestResult(
@@ -416,7 +366,234 @@ def ingest_poll(
         skipped=dict(result.skipped),
         scope_errors=[e.as_dict() for e in result.scope_errors],
         provider_status=provider_status,
+        unrecognised=unrecognised,
     )
+
+
+def unrecognised_of(offers: Iterable[Offer]) -> dict[str, Any]:
+    """provider -> {"regions": {region: offers}, "gpu_names": {raw name: offers}}: what the
+    region table and the GPU catalogue did not know (the offers are kept, with a null
+    location or model), so an operator sees what to add."""
+    out: dict[str, dict[str, Counter[str]]] = {}
+    for o in offers:
+        if o.country is None:
+            out.setdefault(o.provider, {"regions": Counter(), "gpu_names": Counter()})["regions"][
+                o.region
+            ] += 1
+        if o.gpu_model is None and o.gpu_name_raw:
+            out.setdefault(o.provider, {"regions": Counter(), "gpu_names": Counter()})["gpu_names"][
+                o.gpu_name_raw
+            ] += 1
+    return {p: {k: dict(sorted(c.items())) for k, c in parts.items()} for p, parts in out.items()}
+
+
+def _diff_seen(
+    diff: _Diff,
+    new: Mapping[str, Offer],
+    current: Mapping[str, Any],
+    scopes_ok: Mapping[str, list[Scope]],
+) -> None:
+    """Offers this poll saw: new ones appear, withdrawn ones return, changed ones change."""
+    # Providers covered whole by this poll: every offer of theirs is inside a covered scope.
+    whole = {
+        p for p, ss in scopes_ok.items() if any(s.region is None and s.market is None for s in ss)
+    }
+    for key, offer in new.items():
+        fp = fingerprint(offer)
+        old = current.get(key)
+        if old is None:
+            values = _offer_values(offer, fp)
+            values.update(
+                first_seen=diff.at,
+                last_seen=diff.at,
+                active=True,
+                withdrawn_at=None,
+                poll_run_id=diff.run_id,
+            )
+            diff.inserts.append(values)
+            diff.inserted_offers.append(offer)
+            diff.event(
+                EventType.OFFER_APPEARED, key, offer.provider, None, _appeared_payload(offer)
+            )
+            continue
+        availability = str(offer.availability)
+        price_moved = old.price_per_hour != offer.price_per_hour
+        avail_moved = (old.availability, old.available_count) != (
+            availability,
+            offer.available_count,
+        )
+        spec_before, spec_after = _spec(old), _spec(offer)
+        spec_moved = spec_before != spec_after
+        if not old.active:
+            diff.event(
+                EventType.OFFER_APPEARED, key, offer.provider, None, _appeared_payload(offer)
+            )
+        else:
+            _change_events(diff, key, old, offer, price_moved, avail_moved)
+            if spec_moved:
+                before = {f: v for f, v in spec_before.items() if spec_after[f] != v}
+                after = {f: spec_after[f] for f in before}
+                before["price_per_gpu_hour"] = str(old.price_per_gpu_hour)
+                after["price_per_gpu_hour"] = str(offer.price_per_gpu_hour)
+                diff.event(EventType.SPEC_CHANGED, key, offer.provider, before, after)
+        moved = not old.active or price_moved or avail_moved or spec_moved
+        if moved or old.fingerprint != fp:
+            values = _offer_values(offer, fp)
+            values.update(
+                _id=old.id,
+                last_seen=diff.at,
+                active=True,
+                withdrawn_at=None,
+                poll_run_id=diff.run_id,
+            )
+            diff.updates.append(values)
+            if moved:
+                kind = "changed" if old.active else "returned"
+                diff.point(old.id, kind, offer, availability, offer.available_count)
+        elif offer.provider not in whole and not _covered(
+            scopes_ok, offer.provider, offer.region, old.market
+        ):
+            diff.touch_ids.append(old.id)
+
+
+def _change_events(
+    diff: _Diff, key: str, old: Any, offer: Offer, price_moved: bool, avail_moved: bool
+) -> None:
+    """`price_changed` / `availability_changed` of an active offer; each per-GPU price is
+    of its own time (the old one as stored, with the old GPU count)."""
+    if not (price_moved or avail_moved):
+        return
+    availability = str(offer.availability)
+    before = _state(old.price_per_hour, old.availability, old.available_count)
+    after = _state(offer.price_per_hour, availability, offer.available_count)
+    if price_moved:
+        before["price_per_gpu_hour"] = str(old.price_per_gpu_hour)
+        after["price_per_gpu_hour"] = str(offer.price_per_gpu_hour)
+        diff.event(EventType.PRICE_CHANGED, key, offer.provider, before, after)
+    if avail_moved:
+        diff.event(EventType.AVAILABILITY_CHANGED, key, offer.provider, before, after)
+
+
+def _diff_missing(
+    diff: _Diff,
+    new: Mapping[str, Offer],
+    current: Mapping[str, Any],
+    scopes_ok: Mapping[str, list[Scope]],
+    capacity_by_presence: frozenset[tuple[str, str]],
+) -> None:
+    """Active offers of a covered scope that this poll did not see: withdrawn, or sold out
+    where the provider lists only what is in stock."""
+    unavailable = str(Availability.UNAVAILABLE)
+    for key, old in current.items():
+        if (
+            not old.active
+            or key in new
+            or not _covered(scopes_ok, old.provider, old.region, old.market)
+        ):
+            continue
+        before = _state(old.price_per_hour, old.availability, old.available_count)
+        if (old.provider, old.instance_type) in capacity_by_presence:
+            # Still sold, just not listed with capacity here now: a sell-out, not a
+            # withdrawal, so "tell me when it comes back" has an offer to watch.
+            if (old.availability, old.available_count) != (unavailable, None):
+                diff.sold_out.append({"_id": old.id})
+                diff.point(old.id, "changed", old, unavailable, None)
+                after = _state(old.price_per_hour, unavailable, None)
+                diff.event(EventType.AVAILABILITY_CHANGED, key, old.provider, before, after)
+            continue
+        diff.withdrawals.append({"_id": old.id})
+        diff.point(old.id, "withdrawn", old, old.availability, old.available_count)
+        diff.event(EventType.OFFER_WITHDRAWN, key, old.provider, before, None)
+
+
+def _write(conn: Connection, diff: _Diff, scopes_ok: Sequence[Scope]) -> None:
+    """The gathered inserts and updates, in bulk statements."""
+    at, run_id = diff.at, diff.run_id
+    if diff.inserts:
+        ids = _allocate_ids(conn, "offers", len(diff.inserts))
+        for oid, values in zip(ids, diff.inserts, strict=True):
+            values["id"] = oid
+        conn.execute(insert(OFFERS), diff.inserts)
+        for oid, o in zip(ids, diff.inserted_offers, strict=True):
+            diff.point(oid, "appeared", o, str(o.availability), o.available_count)
+    if diff.updates:
+        cols: dict[str, Any] = {c: bindparam(c) for c in diff.updates[0] if c != "_id"}
+        conn.execute(
+            update(OFFERS).where(OFFERS.c.id == bindparam("_id")).values(cols), diff.updates
+        )
+    if diff.sold_out:
+        conn.execute(
+            update(OFFERS)
+            .where(OFFERS.c.id == bindparam("_id"))
+            .values(
+                availability=str(Availability.UNAVAILABLE),
+                available_count=None,
+                poll_run_id=run_id,
+            ),
+            diff.sold_out,
+        )
+    if diff.withdrawals:
+        conn.execute(
+            update(OFFERS)
+            .where(OFFERS.c.id == bindparam("_id"))
+            .values(active=False, withdrawn_at=at, poll_run_id=run_id),
+            diff.withdrawals,
+        )
+    # Every active offer left inside a covered scope was seen by this poll.
+    if scopes_ok:
+        conn.execute(
+            update(OFFERS)
+            .where(OFFERS.c.active, _scope_clause(scopes_ok), OFFERS.c.last_seen < at)
+            .values(last_seen=at, poll_run_id=run_id)
+        )
+    if diff.touch_ids:
+        conn.execute(
+            update(OFFERS)
+            .where(OFFERS.c.id == bindparam("_id"))
+            .values(last_seen=at, poll_run_id=run_id),
+            [{"_id": i} for i in diff.touch_ids],
+        )
+    if diff.observations:
+        conn.execute(insert(OBSERVATIONS), diff.observations)
+
+
+def refresh_anomalies(conn: Connection) -> int:
+    """Re-run the price-sanity rules (`broker.anomalies`) over the current market and store
+    each offer's flags; returns how many offers' flags changed. The rules compare an offer
+    with the rest of the market, so a poll of one provider can change another's flags."""
+    c = OFFERS.c
+    rows = conn.execute(
+        select(
+            c.id,
+            c.key,
+            c.provider,
+            c.region,
+            c.zone,
+            c.instance_type,
+            c.market,
+            c.gpu_model,
+            c.gpu_family,
+            c.accelerator_kind,
+            c.gpu_count,
+            c.price_per_hour,
+            c.price_per_gpu_hour,
+            c.anomalies,
+        ).where(c.active)
+    ).all()
+    found = anomalies.detect(rows)
+    changes = []
+    for r in rows:
+        flags = [a.as_dict() for a in found.get(r.key, ())]
+        if flags != (r.anomalies or []):
+            changes.append({"_id": r.id, "flags": flags})
+    if changes:
+        conn.execute(
+            update(OFFERS)
+            .where(OFFERS.c.id == bindparam("_id"))
+            .values(anomalies=bindparam("flags")),
+            changes,
+        )
+    return len(changes)
 
 
 def _upsert_quotas(conn: Connection, quotas: Sequence[Quota], at: datetime) -> None:
@@ -483,8 +660,10 @@ def _update_provider_states(
     providers: list[str],
     at: datetime,
     event: Callable[[EventType, str | None, str, Any, Any], None],
+    unrecognised: Mapping[str, Any],
 ) -> dict[str, ProviderStatus]:
-    """Record each provider's health; emit provider_degraded / provider_recovered on edges."""
+    """Record each provider's health (and what its last successful poll could not map);
+    emit provider_degraded / provider_recovered on edges."""
     conn = session.connection()
     previous = {
         r.provider: r
@@ -525,6 +704,8 @@ def _update_provider_states(
             else (prev.consecutive_failures if prev else 0) + 1,
             "last_errors": errors,
         }
+        if ok:
+            values["unrecognised"] = unrecognised.get(p, {})
         if prev is None:
             conn.execute(insert(PROVIDER_STATES).values(provider=p, **values))
         else:
@@ -540,9 +721,11 @@ def _update_provider_states(
 @dataclass(frozen=True)
 class OfferQuery:
     """Filters of `broker offers` / `GET /v1/offers`. `gpu_models` is already resolved
-    (`broker.gpus.resolve_query`); None means no filter."""
+    (`gpu_filters`); None means no filter. `gpu_minimums`: canonical model -> the least
+    GPUs per instance (`H100:8`)."""
 
     gpu_models: frozenset[str] | None = None
+    gpu_minimums: Mapping[str, int] = field(default_factory=dict)
     min_gpus: Decimal | None = None
     providers: tuple[str, ...] = ()
     regions: tuple[str, ...] = ()
@@ -551,6 +734,31 @@ class OfferQuery:
     markets: tuple[Market, ...] = ()
     max_price_per_gpu_hour: Decimal | None = None
     include_stale: bool = False
+    exclude_anomalies: bool = False
+
+
+def gpu_filters(values: Iterable[str]) -> tuple[frozenset[str] | None, dict[str, int]]:
+    """User GPU filters (`H100`, `H100 80GB`, `H100:8` = at least 8 per instance) as the
+    models they cover (None: no filter) and the per-model minimum per instance (a model
+    named twice keeps the smaller minimum; named once without a count, no minimum).
+
+    Raises:
+        broker.gpus.GpuFilterError: a name the catalogue does not know, or a bad count.
+    """
+    models: set[str] = set()
+    minimum: dict[str, int | None] = {}
+    for value in values:
+        covered, count = gpus.parse_gpu_filter(value)
+        models |= covered
+        for m in covered:
+            if m not in minimum:
+                minimum[m] = count
+            else:
+                before = minimum[m]
+                minimum[m] = None if before is None or count is None else min(before, count)
+    if not models:
+        return None, {}
+    return frozenset(models), {m: n for m, n in minimum.items() if n is not None}
 
 
 OUTPUT_FIELDS = (
@@ -558,7 +766,9 @@ OUTPUT_FIELDS = (
     "provider",
     "instance_type",
     "gpu_model",
+    "gpu_name_raw",
     "gpu_family",
+    "form_factor",
     "accelerator_kind",
     "gpu_count",
     "gpu_memory_gb",
@@ -579,8 +789,42 @@ OUTPUT_FIELDS = (
     "earliest_start",
     "first_seen",
     "last_seen",
+    "anomalies",
     "stale",
+    "source",
 )
+#: Output fields that are not columns of `offers` (computed when read).
+_DERIVED = frozenset({"stale", "source"})
+
+
+def sources(conn: Connection, rows: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """poll_run_id -> the poll's `source` parts: `{poll_id, fetched_at, origins}` for the
+    polls the rows point at (one query)."""
+    ids = sorted({r["poll_run_id"] for r in rows if r.get("poll_run_id") is not None})
+    if not ids:
+        return {}
+    runs = conn.execute(
+        select(POLL_RUNS.c.id, POLL_RUNS.c.fetched_at, POLL_RUNS.c.origins).where(
+            POLL_RUNS.c.id.in_(ids)
+        )
+    )
+    return {r.id: {"fetched_at": r.fetched_at, "origins": r.origins or {}} for r in runs}
+
+
+def source_of(
+    provider: str, poll_run_id: int | None, polls: Mapping[int, Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """An offer's (or history point's) provenance: the poll, where the provider's data came
+    from in it (adapter and endpoints, or snapshot file and commit), and when it was fetched.
+    None for rows written before provenance was recorded."""
+    poll = polls.get(poll_run_id) if poll_run_id is not None else None
+    if poll is None:
+        return None
+    return {
+        "poll_id": poll_run_id,
+        "origin": poll["origins"].get(provider),
+        "fetched_at": poll["fetched_at"],
+    }
 
 
 def list_offers(
@@ -603,6 +847,16 @@ def list_offers(
     conds: list[ColumnElement[bool]] = [c.active]
     if query.gpu_models is not None:
         conds.append(c.gpu_model.in_(sorted(query.gpu_models)))
+    if query.gpu_minimums:
+        conds.append(
+            or_(
+                c.gpu_model.not_in(sorted(query.gpu_minimums)),
+                *(
+                    and_(c.gpu_model == m, c.gpu_count >= n)
+                    for m, n in sorted(query.gpu_minimums.items())
+                ),
+            )
+        )
     if query.min_gpus is not None:
         conds.append(c.gpu_count >= query.min_gpus)
     for column, values in (
@@ -616,6 +870,8 @@ def list_offers(
             conds.append(column.in_(values))
     if query.max_price_per_gpu_hour is not None:
         conds.append(c.price_per_gpu_hour <= query.max_price_per_gpu_hour)
+    if query.exclude_anomalies:
+        conds.append(cast(c.anomalies, String) == "[]")
     if not query.include_stale:
         conds.append(c.last_seen >= cutoff)
     if after is not None:
@@ -626,16 +882,17 @@ def list_offers(
                 and_(c.price_per_gpu_hour == price, c.key > key),
             )
         )
-    cols = [getattr(c, f) for f in OUTPUT_FIELDS if f != "stale"]
+    cols = [getattr(c, f) for f in OUTPUT_FIELDS if f not in _DERIVED] + [c.poll_run_id]
     stmt = select(*cols).where(*conds).order_by(c.price_per_gpu_hour, c.key)
     if limit is not None:
         stmt = stmt.limit(limit)
-    out = []
-    for row in session.connection().execute(stmt).mappings():
-        d = dict(row)
+    conn = session.connection()
+    rows = [dict(row) for row in conn.execute(stmt).mappings()]
+    polls = sources(conn, rows)
+    for d in rows:
         d["stale"] = d["last_seen"] < cutoff
-        out.append(d)
-    return out
+        d["source"] = source_of(d["provider"], d.pop("poll_run_id"), polls)
+    return rows
 
 
 def count_offers(

@@ -68,6 +68,8 @@ class ReplaySummary:
     skipped: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: What the last snapshot of each provider could not map (see `IngestResult`).
+    unrecognised: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         events = empty_event_counts()
@@ -77,6 +79,7 @@ class ReplaySummary:
             "offers": self.offers,
             "events": events,
             "skipped": dict(sorted(self.skipped.items())),
+            "unrecognised": self.unrecognised,
             "errors": self.errors,
         }
 
@@ -103,6 +106,7 @@ def replay_results(
         summary.snapshots += 1
         summary.events.update(outcome.events)
         summary.skipped.update(result.skipped)
+        summary.unrecognised.update(outcome.unrecognised)
         summary.notes += list(result.notes)
         summary.errors += [f"{e['scope']}: {e['message']}" for e in outcome.scope_errors]
         if outcome.status != ProviderStatus.OK:

@@ -40,6 +40,7 @@ from broker.models import (
     StoredOffer,
     StoredQuota,
 )
+from broker.offers import gpu_filters
 from broker.scoring import (
     History,
     MarketOffer,
@@ -154,7 +155,8 @@ class RequestIn(BaseModel):
     gpu_models: list[str] = Field(
         min_length=1,
         max_length=20,
-        description='Canonical models or families, e.g. ["H100", "H200"].',
+        description='Canonical models or families, e.g. ["H100", "H200"], a memory size '
+        '("H100 80GB") or MODEL:COUNT for at least COUNT per instance ("H100:8").',
     )
     gpus: int = Field(gt=0, le=100_000, description="Total GPUs needed.")
     gpus_per_node: int | None = Field(
@@ -169,12 +171,17 @@ class RequestIn(BaseModel):
     needed_by: AwareDatetime | None = None
     duration_hours: int = Field(gt=0, le=24 * 366 * 5)
     weights: WeightsIn = Field(default_factory=WeightsIn)
+    exclude_anomalies: bool = Field(
+        default=False,
+        description="Leave out offers whose price a sanity rule flagged (docs/anomalies.md); "
+        "by default they are ranked with low confidence and their explanation says so.",
+    )
 
     @field_validator("gpu_models")
     @classmethod
     def _known_models(cls, v: list[str]) -> list[str]:
         for name in v:
-            gpus.resolve_query(name)  # UnknownGpu is a ValueError naming near matches
+            gpus.parse_gpu_filter(name)  # GpuFilterError is a ValueError saying why
         return v
 
     @field_validator("not_before", "needed_by")
@@ -195,14 +202,13 @@ class RequestIn(BaseModel):
         return self
 
     def resolved_models(self) -> frozenset[str]:
-        out: set[str] = set()
-        for name in self.gpu_models:
-            out |= gpus.resolve_query(name)
-        return frozenset(out)
+        return gpu_filters(self.gpu_models)[0] or frozenset()
 
     def to_spec(self) -> RequestSpec:
+        models, minimums = gpu_filters(self.gpu_models)
         return RequestSpec(
-            gpu_models=self.resolved_models(),
+            gpu_models=models or frozenset(),
+            min_gpus_per_instance=minimums,
             gpus=self.gpus,
             duration_hours=self.duration_hours,
             gpus_per_node=self.gpus_per_node,
@@ -212,6 +218,7 @@ class RequestIn(BaseModel):
             not_before=self.not_before,
             needed_by=self.needed_by,
             weights=Weights(self.weights.time_to_power, self.weights.cost),
+            exclude_anomalies=self.exclude_anomalies,
         )
 
 
@@ -231,6 +238,7 @@ class RequestPatch(BaseModel):
     needed_by: AwareDatetime | None = None
     duration_hours: int | None = None
     weights: WeightsIn | None = None
+    exclude_anomalies: bool | None = None
     state: RequestState | None = Field(
         default=None, description="Only `fulfilled` or `cancelled` can be set by hand."
     )
@@ -401,6 +409,7 @@ MARKET_COLUMNS = (
     "upfront_fee",
     "vcpus",
     "last_seen",
+    "anomalies",
 )
 
 

@@ -6,9 +6,11 @@ recomputed from its numbers.
 
 The model
 ---------
-**Eligibility.** An offer qualifies when its GPU model is requested, its market allowed, its
-place passes the residency rules (an offer of unknown jurisdiction fails any allow-list), its
-data is fresh (not stale), it is not sold out (unless its history says it comes back in time),
+**Eligibility.** An offer qualifies when its GPU model is requested (an accelerator the
+catalogue does not know is never requested), its market allowed, its place passes the
+residency rules (an offer whose location is unknown fails every residency rule: "location
+unknown"), its price is not flagged when the request excludes anomalies, its data is fresh
+(not stale), it is not sold out (unless its history says it comes back in time),
 its price per GPU-hour is within the cap, its term fits the duration (a capacity block shorter
 than the request cannot serve it), its instances fit the gang (`gpus_per_node` divides the
 GPUs per instance) and it can be powered before `needed_by`. Every offer that fails is counted
@@ -39,12 +41,19 @@ adjustment: cost × (1 + `spot_interruption_overhead`), said in the explanation.
 places. Ties break on cost, then time, then offer keys: deterministic. An option is on the
 Pareto front when no other is at least as fast and as cheap and better in one of them.
 
-**Options.** Each qualifying offer that alone reaches the GPUs (its `available_count`, when
-the provider states one, bounds the instances) is an option; per (provider, region) the
-cheapest qualifying offers are also combined greedily into one option when that reaches the
-GPUs with more than one offer. Offers are never combined across regions (a gang must share a
-network), nor on marketplaces (`uncombinable_providers`: Vast lists single machines, some
-listings are alternatives on one machine).
+**Quantity.** An offer is never rented more times than it exists: its `available_count`, when
+the provider states one, bounds the instances, and a marketplace listing
+(`uncombinable_providers`: Vast) is one machine, rented once. A price-list offer with no
+stated quantity may be rented several times, and its explanation says "quantity unverified".
+
+**Anomalies.** An offer whose price a sanity rule flagged (`broker.anomalies`) is scored with
+low confidence and the option's explanation quotes the flag; `exclude_anomalies` drops it.
+
+**Options.** Each qualifying offer that alone reaches the GPUs is an option; per (provider,
+region) the cheapest qualifying offers are also combined greedily into one option when that
+reaches the GPUs with more than one offer. Offers are never combined across regions (a gang
+must share a network), nor on marketplaces (`uncombinable_providers`: Vast lists single
+machines, some listings are alternatives on one machine).
 """
 
 from __future__ import annotations
@@ -62,6 +71,8 @@ from broker.config import ScoringSettings
 from broker.domain import Availability, Market
 
 HOUR = timedelta(hours=1)
+#: How `excluded` names offers whose accelerator the catalogue does not know.
+UNRECOGNISED = "unrecognised accelerator"
 
 
 class Reason(StrEnum):
@@ -76,6 +87,7 @@ class Reason(StrEnum):
     DURATION = "duration"
     COUNT = "count"
     STARTS_TOO_LATE = "starts_too_late"
+    ANOMALY = "anomaly"
 
 
 class Confidence(StrEnum):
@@ -137,10 +149,17 @@ class Residency:
 
     def check(self, offer: MarketOffer) -> tuple[str, str] | None:
         """None when the offer may be used, else (sentence template, value) of the rule that
-        excludes it; the template's `{values}` gathers the values of a group."""
+        excludes it; the template's `{values}` gathers the values of a group. An offer whose
+        location is unknown (its region is not in the region table) fails every rule."""
         for item in self.deny:
             if self._matches(item, offer):
                 return "{values} {is} denied by the request", item
+        if (self.allow or self.deny) and offer.country is None and offer.jurisdiction is None:
+            return (
+                "location unknown: the region table does not know {values}, so residency "
+                "cannot be checked",
+                offer.region,
+            )
         if self.allow and not any(self._matches(i, offer) for i in self.allow):
             where = offer.jurisdiction or "unknown jurisdiction"
             return f"{{values}} {{is}} not in allowed [{', '.join(self.allow)}]", where
@@ -167,6 +186,9 @@ class RequestSpec:
     not_before: datetime | None = None
     needed_by: datetime | None = None
     weights: Weights = Weights()
+    exclude_anomalies: bool = False
+    #: canonical model -> the least GPUs per instance (`H100:8` in the request's models).
+    min_gpus_per_instance: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +210,7 @@ class MarketOffer:
     region: str
     instance_type: str
     market: Market
-    gpu_model: str
+    gpu_model: str | None
     gpu_count: Decimal
     price_per_hour: Decimal
     price_per_gpu_hour: Decimal
@@ -204,6 +226,8 @@ class MarketOffer:
     stale: bool = False
     last_seen: datetime | None = None
     history: History | None = None
+    #: Price-sanity flags (code, message) of `broker.anomalies`.
+    anomalies: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_row(cls, r: Any, history: History | None = None) -> MarketOffer:
@@ -229,7 +253,13 @@ class MarketOffer:
             vcpus=r.vcpus,
             last_seen=r.last_seen,
             history=history,
+            anomalies=anomaly_pairs(getattr(r, "anomalies", None)),
         )
+
+
+def anomaly_pairs(flags: Iterable[Mapping[str, str]] | None) -> tuple[tuple[str, str], ...]:
+    """Stored anomaly flags (`[{code, message}]`) as (code, message) pairs."""
+    return tuple((f["code"], f["message"]) for f in flags or ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +330,7 @@ class Option:
             "region": first.region,
             "country": first.country,
             "jurisdiction": first.jurisdiction,
-            "gpu_models": sorted({p.offer.gpu_model for p in self.parts}),
+            "gpu_models": sorted({p.offer.gpu_model or UNRECOGNISED for p in self.parts}),
             "markets": sorted({str(p.offer.market) for p in self.parts}),
             "gpus": _num(self.gpus),
             "score": self.score,
@@ -454,6 +484,16 @@ def _instances_for(gpus: Decimal, per_instance: Decimal) -> int:
     return int((gpus / per_instance).to_integral_value(rounding=ROUND_CEILING))
 
 
+def max_instances(offer: MarketOffer, cfg: ScoringConfig) -> int | None:
+    """How many times the offer exists: the provider's stated count, one for a marketplace
+    listing (a single machine), None (unverified) for a price list."""
+    if offer.available_count is not None:
+        return offer.available_count
+    if offer.provider in cfg.uncombinable_providers:
+        return 1
+    return None
+
+
 def _billed_hours(offer: MarketOffer, duration: int) -> int:
     return max(duration, offer.min_duration_hours or 0)
 
@@ -485,10 +525,12 @@ class MarketSnapshot:
         self.by_model = defaultdict(list)
         self.model_summary = {}
         for o in self.offers:
-            self.by_model[o.gpu_model].append(o)
-            n, regions = self.model_summary.get((o.provider, o.gpu_model), (0, set()))
+            model = o.gpu_model or UNRECOGNISED
+            if o.gpu_model is not None:
+                self.by_model[o.gpu_model].append(o)
+            n, regions = self.model_summary.get((o.provider, model), (0, set()))
             regions.add(o.region)
-            self.model_summary[(o.provider, o.gpu_model)] = (n + 1, regions)
+            self.model_summary[(o.provider, model)] = (n + 1, regions)
 
     def time_to_power(self, offer: MarketOffer, now: datetime, cfg: ScoringConfig) -> Ttp | None:
         """`time_to_power` memoised for one (now, config) at a time: a rescoring batch asks
@@ -533,10 +575,11 @@ def recommend(
     def exclude(reason: Reason, o: MarketOffer, detail: str, value: str | None = None) -> None:
         if not with_excluded:
             return
-        key = (reason, o.provider, o.gpu_model, detail)
+        model = o.gpu_model or UNRECOGNISED
+        key = (reason, o.provider, model, detail)
         g = excluded.get(key)
         if g is None:
-            g = excluded[key] = ExcludedGroup(reason, o.provider, o.gpu_model, detail=detail)
+            g = excluded[key] = ExcludedGroup(reason, o.provider, model, detail=detail)
         g.offers += 1
         g.regions.add(o.region)
         if value is not None:
@@ -576,6 +619,14 @@ def recommend(
             if rule is not None:
                 exclude(Reason.RESIDENCY, o, rule[0], rule[1])
                 continue
+            if spec.exclude_anomalies and o.anomalies:
+                exclude(
+                    Reason.ANOMALY,
+                    o,
+                    "its price is flagged ({values}) and the request excludes anomalies",
+                    o.anomalies[0][0],
+                )
+                continue
             if o.stale or (
                 stale_before is not None and o.last_seen is not None and o.last_seen < stale_before
             ):
@@ -595,6 +646,15 @@ def recommend(
                     o,
                     f"its term of at most {o.max_duration_hours} h is shorter than the "
                     f"{spec.duration_hours} h requested",
+                )
+                continue
+            least = spec.min_gpus_per_instance.get(model)
+            if least is not None and o.gpu_count < least:
+                exclude(
+                    Reason.COUNT,
+                    o,
+                    f"{_num(o.gpu_count)} GPUs per instance, the request asks for at least "
+                    f"{least} ({model}:{least})",
                 )
                 continue
             if spec.gpus_per_node is not None:
@@ -636,7 +696,8 @@ def recommend(
     for o, ttp in eligible:
         by_region[(o.provider, o.region)].append((o, ttp))
         n = _instances_for(gpus, o.gpu_count)
-        if o.available_count is not None and o.available_count < n:
+        most = max_instances(o, cfg)
+        if most is not None and most < n:
             continue
         part = _part(o, n, ttp, market.quotas, cfg)
         if with_excluded:
@@ -665,8 +726,9 @@ def recommend(
             if have >= gpus:
                 break
             n = _instances_for(gpus - have, o.gpu_count)
-            if o.available_count is not None:
-                n = min(n, o.available_count)
+            most = max_instances(o, cfg)
+            if most is not None:
+                n = min(n, most)
             if n <= 0:
                 continue
             parts.append(_part(o, n, ttp, market.quotas, cfg))
@@ -695,6 +757,8 @@ def _part(
     delay = _quota_delay(o, instances, quotas, cfg)
     if delay:
         ttp = Ttp(ttp.hours + cfg.quota_lead_hours, ttp.confidence, f"{ttp.basis}; {delay}")
+    if o.anomalies:
+        ttp = Ttp(ttp.hours, Confidence.LOW, ttp.basis)
     return Part(o, instances, ttp)
 
 
@@ -855,6 +919,16 @@ def _explain(o: Option, rank: int, cheapest: Decimal, fastest: float, n: int) ->
     else:
         relative.append(f"{o.time_to_power_hours - fastest:.1f} h slower than the fastest")
     text += " It is " + " and ".join(relative) + "."
+    unverified = [p for p in o.parts if p.instances > 1 and p.offer.available_count is None]
+    if unverified:
+        names = ", ".join(sorted({p.offer.instance_type for p in unverified}))
+        text += (
+            f" Quantity unverified: {first.provider} states no count for {names}, so "
+            "whether that many instances exist is not known."
+        )
+    for p in o.parts:
+        for _code, message in p.offer.anomalies:
+            text += f" Price flagged ({p.offer.instance_type}): {message}"
     if o.spot_adjustment_usd:
         text += f" Spot: includes {_money(o.spot_adjustment_usd)} for work lost to interruptions."
     return text
@@ -886,6 +960,7 @@ def market_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[MarketOffer]:
                 vcpus=r.get("vcpus"),
                 stale=bool(r.get("stale")),
                 last_seen=r.get("last_seen"),
+                anomalies=anomaly_pairs(r.get("anomalies")),
             )
         )
     return out

@@ -104,8 +104,22 @@ class RequestRejected(ProviderError):
     code = "rejected"
 
 
-def model_fields(model: GpuModel) -> dict[str, Any]:
-    """The `Offer` fields a catalogue model fills (`Offer(..., **model_fields(model))`)."""
+def model_fields(model: GpuModel | None, raw_name: str | None = None) -> dict[str, Any]:
+    """The `Offer` fields a catalogue model fills (`Offer(..., **model_fields(model))`).
+    With no model (the catalogue does not know the provider's name) the offer keeps the
+    provider's name as `gpu_name_raw` and every catalogue field is None: listed and
+    counted as unrecognised, never guessed."""
+    if model is None:
+        if not raw_name:
+            raise ValueError("an unrecognised accelerator needs its provider name")
+        return {
+            "gpu_model": None,
+            "gpu_name_raw": raw_name,
+            "gpu_family": None,
+            "accelerator_kind": None,
+            "gpu_vendor": None,
+            "form_factor": None,
+        }
     return {
         "gpu_model": model.name,
         "gpu_family": model.family,

@@ -15,14 +15,28 @@ name is the file stem (`lambda.csv` is provider `lambda_cloud`). GCP prices acce
 host VMs in separate rows: `gcp.csv` holds accelerator rows (no InstanceType) and
 `hosts/gcp.csv` the host-VM rows (see `combine_gcp`).
 
+A `snapshots.csv` beside the snapshot folders (as in the market data set:
+`date,commit,committed_at_utc,...,repository`, `date` = folder name) gives each snapshot its
+provenance: every offer's `source` names the folder, the file and the commit, and
+`snapshot_time` is the commit time.
+
 ## Semantics
 A `<cloud>.csv` is one complete, successful poll of that cloud: its scope is the whole
 provider, so an offer of that provider missing from the file is withdrawn. A cloud with no
 file in the folder was not polled: its offers stay untouched. A file that cannot be read as
 a whole (missing column, empty, no data rows, not CSV) is a failed poll of that provider
 (a `ScopeError` naming file and line): nothing of it is ingested, nothing withdrawn. A bad
-row (non-numeric price, unknown region or accelerator) is skipped and counted by reason,
-with file:line in `PollResult.notes`.
+row (non-numeric or zero price, bad count) is skipped and counted by reason, with file:line
+in `PollResult.notes`. Nothing priced is dropped for being unknown: a region the region
+table does not know keeps its offer with a null location, an accelerator name the catalogue
+does not know keeps its offer with `gpu_model` None and the name in `gpu_name_raw` (the
+ingest counts both per provider as `unrecognised`).
+
+Truth rules applied to every row (the same tables the live adapters use, `broker.sizes`):
+a partial-GPU size carries its fraction and slice memory (`fraction`); a market the
+provider does not sell a machine type in gives no offer (`markets_sold`, counted as
+`not_sold:<market>`). Vast rows are normalised from the unreduced name inside their
+InstanceType (`1x-H100_NVL-32-65536` -> H100-NVL), not from the reduced AcceleratorName.
 """
 
 from __future__ import annotations
@@ -31,16 +45,16 @@ import ast
 import csv
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
-from broker import gpus, regions
+from broker import gpus, regions, sizes
 from broker.config import Settings
 from broker.domain import (
     Availability,
@@ -224,12 +238,31 @@ def _price(row: _Row, column: str, tally: _Tally, market: Market) -> Decimal | N
 
 @dataclass(frozen=True, slots=True)
 class _Accel:
-    """What a row says about its accelerator, resolved through the catalogues."""
+    """What a row says about its accelerator, resolved through the catalogues; `model` None
+    (with `raw_name`) when the catalogue does not know the name, `region` None when the
+    region table does not know the region (`region_name` is the row's own)."""
 
-    model: gpus.GpuModel
+    model: gpus.GpuModel | None
+    raw_name: str
     count: Decimal
     memory_gb: Decimal | None
-    region: regions.RegionInfo
+    region_name: str
+    region: regions.RegionInfo | None
+
+
+#: Vast's replay InstanceType: `<count>x-<Vast's gpu_name, blanks as _>-<vCPUs>-<MiB>`
+#: (shared/data README, "Vast names are reduced"); the middle part is the unreduced name.
+_VAST_TYPE = re.compile(r"^\d+x-(?P<name>.+)-\d+-\d+$")
+
+
+def _listing_name(provider: str, instance_type: str, name: str) -> str:
+    """The accelerator name to normalise: Vast's full listing name where the InstanceType
+    carries it (`H100_NVL`, `RTX_4070S_Ti`), else the catalog's AcceleratorName."""
+    if provider == "vast":
+        m = _VAST_TYPE.match(instance_type)
+        if m:
+            return m.group("name")
+    return name
 
 
 def _accelerator(row: _Row, provider: str, instance_type: str, tally: _Tally) -> _Accel | None:
@@ -238,36 +271,49 @@ def _accelerator(row: _Row, provider: str, instance_type: str, tally: _Tally) ->
         tally.skip("no_accelerator", row.where)
         return None
     region_name = row.get("Region")
-    region = regions.resolve(provider, region_name)
-    if region is None:
-        near = regions.suggest(provider, region_name)
-        tally.skip(
-            "unknown_region",
-            row.where,
-            f"{region_name!r}" + (f" (did you mean {', '.join(near)}?)" if near else ""),
-        )
+    if not region_name:
+        tally.skip("no_region", row.where)
         return None
+    region = regions.resolve(provider, region_name)
     count = _decimal(row.get("AcceleratorCount"))
     if count is None or count <= 0:
         tally.skip("bad_count", row.where, f"AcceleratorCount={row.get('AcceleratorCount')!r}")
         return None
     memory_mib = _gpu_memory_mib(row.get("GpuInfo"), provider)
+    name = _listing_name(provider, instance_type, name)
     model = _normalise(name, provider, instance_type, memory_mib)
-    if model is None:
-        tally.skip("unknown_accelerator", row.where, repr(name))
-        return None
-    if model.kind == gpus.AcceleratorKind.TPU:
+    if model is not None and model.kind == gpus.AcceleratorKind.TPU:
         chips = gpus.tpu_chips(name)
         if chips is not None:
             count = Decimal(chips) * count  # the catalog counts slices; we count chips
     count = COUNT_CORRECTIONS.get((provider, instance_type), count)
     if memory_mib is not None:
         memory_gb: Decimal | None = (Decimal(memory_mib) / 1024).quantize(Decimal("0.01"))
-    elif model.memory_gb is not None:
+    elif model is not None and model.memory_gb is not None:
         memory_gb = Decimal(model.memory_gb)
     else:
         memory_gb = None
-    return _Accel(model, to_count(count), memory_gb, region)
+    part = sizes.fraction(provider, instance_type)
+    if part is not None and part.gpu_model in gpus.CATALOGUE:
+        # The size table knows the size (a partial GPU, or a size whose count the catalog
+        # gets wrong): its model, count and slice memory win.
+        model = gpus.CATALOGUE[part.gpu_model]
+        count = part.fraction
+        if part.memory_gb is not None:
+            memory_gb = part.memory_gb
+        elif model.memory_gb is not None:
+            memory_gb = Decimal(model.memory_gb)
+    return _Accel(model, name, to_count(count), memory_gb, region_name, region)
+
+
+def _sold(provider: str, instance_type: str, market: Market, tally: _Tally) -> bool:
+    """False (counted as `not_sold:<market>`) when the provider does not sell the type in
+    that market, whatever its price list says (`broker.sizes.markets_sold`)."""
+    sold = sizes.markets_sold(provider, instance_type)
+    if sold is None or market in sold:
+        return True
+    tally.skip(f"not_sold:{market}")
+    return False
 
 
 def _offer(
@@ -285,11 +331,11 @@ def _offer(
 ) -> Offer:
     return Offer(
         provider=provider,
-        region=accel.region.region,
+        region=accel.region_name,
         zone=zone or None,
         instance_type=instance_type,
         market=market,
-        **model_fields(accel.model),
+        **model_fields(accel.model, accel.raw_name),
         gpu_count=accel.count,
         gpu_memory_gb=accel.memory_gb,
         vcpus=vcpus,
@@ -315,7 +361,7 @@ def parse_cloud_rows(provider: str, rows: Iterator[_Row], tally: _Tally) -> list
         vcpus, mem = _decimal(row.get("vCPUs")), _decimal(row.get("MemoryGiB"))
         for market, column in MARKET_COLUMNS:
             price = _price(row, column, tally, market)
-            if price is not None:
+            if price is not None and _sold(provider, instance_type, market, tally):
                 offers.append(
                     _offer(
                         provider,
@@ -372,7 +418,7 @@ def combine_gcp(accel_rows: Iterator[_Row], host_rows: list[_Row], tally: _Tally
                 continue
             for market, column in MARKET_COLUMNS:
                 price = _price(row, column, tally, market)
-                if price is not None:
+                if price is not None and _sold("gcp", name, market, tally):
                     offers.append(
                         _offer(
                             "gcp",
@@ -405,7 +451,7 @@ def combine_gcp(accel_rows: Iterator[_Row], host_rows: list[_Row], tally: _Tally
             bundled = host_type.startswith(GCP_BUNDLED_HOST_PREFIXES)
             for market, column in MARKET_COLUMNS:
                 accel_price = accel_prices[market]
-                if accel_price is None:
+                if accel_price is None or not _sold("gcp", host_type, market, tally):
                     continue
                 if bundled and _decimal(host.get(column)) == 0:
                     host_price: Decimal | None = Decimal(0)
@@ -459,17 +505,114 @@ def _dedupe(offers: list[Offer], tally: _Tally) -> list[Offer]:
     return list(seen.values())
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """A snapshot's provenance, from the `snapshots.csv` beside its folder."""
+
+    name: str
+    commit: str
+    committed_at: datetime
+    repository: str
+    catalog_path: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.repository}@{self.commit[:12]} {self.catalog_path}, committed "
+            f"{self.committed_at:%Y-%m-%dT%H:%M:%SZ}"
+        )
+
+
+@lru_cache(maxsize=64)
+def _snapshot_index(index: Path) -> dict[str, SnapshotInfo]:
+    if not index.is_file():
+        return {}
+    out = {}
+    with index.open(newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                at = datetime.fromisoformat(row["committed_at_utc"].replace("Z", "+00:00"))
+                out[row["date"]] = SnapshotInfo(
+                    row["date"], row["commit"], at, row["repository"], row["catalog_path"]
+                )
+            except (KeyError, ValueError, AttributeError) as exc:
+                raise SnapshotFileError(f"{index} line {i}: not a snapshot row ({exc})") from exc
+    return out
+
+
+def snapshot_info(folder: Path) -> SnapshotInfo | None:
+    """The folder's line of `snapshots.csv` beside it, or None (no index, or not listed).
+
+    Raises:
+        SnapshotFileError: the index exists but a line cannot be read.
+    """
+    return _snapshot_index(folder.resolve().parent / INDEX_FILE).get(folder.name)
+
+
+_FOLDER_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:T(\d{2})(\d{2}))?$")
+
+
+def snapshot_time(folder: Path) -> datetime:
+    """When a snapshot was taken: its commit time where `snapshots.csv` knows it, else the
+    time its name gives (`YYYY-MM-DD` = 00:00 UTC, or `YYYY-MM-DDTHHMM` UTC).
+
+    Raises:
+        ValueError: neither says (the folder name is not a date).
+    """
+    info = snapshot_info(folder)
+    if info is not None:
+        return info.committed_at
+    m = _FOLDER_TIME.match(folder.name)
+    if not m:
+        raise ValueError(
+            f"{folder}: folder name is not YYYY-MM-DD or YYYY-MM-DDTHHMM and no snapshots.csv "
+            "beside it lists it, so it gives no snapshot time (drop --at-snapshot-times to "
+            "stamp it now)"
+        )
+    day = datetime.strptime(m.group(1), "%Y-%m-%d").replace(tzinfo=UTC)
+    return day + timedelta(hours=int(m.group(2) or 0), minutes=int(m.group(3) or 0))
+
+
+def check_chronological(folders: Sequence[Path]) -> list[datetime]:
+    """Each folder's `snapshot_time`, refusing folders given out of chronological order
+    (played as polls they would end offers with last_seen before first_seen).
+
+    Raises:
+        ValueError: a folder has no time, or a folder is older than one before it (named).
+    """
+    times = [snapshot_time(f) for f in folders]
+    for i in range(1, len(folders)):
+        if times[i] < times[i - 1]:
+            raise ValueError(
+                f"snapshots out of chronological order: {folders[i]} "
+                f"({times[i]:%Y-%m-%d %H:%M} UTC) comes after {folders[i - 1]} "
+                f"({times[i - 1]:%Y-%m-%d %H:%M} UTC); give them oldest first"
+            )
+    return times
+
+
+def _origin(path: Path) -> str:
+    """Where a cloud file's offers come from: folder and file, and the commit if known."""
+    files = path.name + (
+        " + hosts/" + path.name if (path.parent / "hosts" / path.name).exists() else ""
+    )
+    info = snapshot_info(path.parent)
+    where = f"replay of snapshot {path.parent.name}: {files}"
+    return f"{where} ({info.describe()})" if info else where
+
+
 def read_snapshot(folder: Path, fetched_at: datetime) -> PollResult:
     """One snapshot folder as one poll of every cloud that has a file in it."""
     tally = _Tally()
     offers: list[Offer] = []
     ok: list[Scope] = []
     errors: list[ScopeError] = []
-    for path in sorted(folder.glob("*.csv")):
+    origins: dict[str, str] = {}
+    for path in cloud_files(folder):
         scope = Scope(provider_for(path.stem))
         file_tally = _Tally()
         try:
             file_offers = _dedupe(parse_cloud_file(path, file_tally), file_tally)
+            origins[scope.provider] = _origin(path)
         except (SnapshotFileError, OSError) as exc:
             errors.append(ScopeError(scope, "malformed", str(exc)))
             continue
@@ -490,12 +633,22 @@ def read_snapshot(folder: Path, fetched_at: datetime) -> PollResult:
         fetched_at=fetched_at,
         skipped=dict(tally.skipped),
         notes=tuple(tally.notes),
+        origins=origins,
     )
 
 
 def bundled_sample() -> Path:
     """The small sample market shipped in the package (`broker/sample/`)."""
     return Path(str(resources.files("broker") / "sample"))
+
+
+#: The provenance index beside snapshot folders, never a cloud's file.
+INDEX_FILE = "snapshots.csv"
+
+
+def cloud_files(folder: Path) -> list[Path]:
+    """The `<cloud>.csv` files of a snapshot folder, sorted (not the `snapshots.csv` index)."""
+    return sorted(p for p in folder.glob("*.csv") if p.name != INDEX_FILE)
 
 
 def list_snapshots(path: Path) -> list[Path]:
@@ -506,9 +659,9 @@ def list_snapshots(path: Path) -> list[Path]:
     """
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such snapshot folder")
-    if any(path.glob("*.csv")):
+    if cloud_files(path):
         return [path]
-    found = sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*.csv")))
+    found = sorted(p for p in path.iterdir() if p.is_dir() and cloud_files(p))
     if not found:
         raise FileNotFoundError(f"{path}: holds no <cloud>.csv and no snapshot folders")
     return found

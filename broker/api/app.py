@@ -24,6 +24,7 @@ from broker.api.routes import (
     health,
     metrics,
     offers,
+    polls,
     providers,
     reports,
     requests,
@@ -41,6 +42,7 @@ PUBLIC_ROUTERS: list[APIRouter] = [health.router, metrics.router]
 V1_ROUTERS: list[APIRouter] = [
     offers.router,
     events.router,
+    polls.router,
     providers.router,
     requests.router,
     reservations.router,

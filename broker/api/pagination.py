@@ -28,6 +28,7 @@ MAX_ID = 2**63 - 1
 #: Path ids: positive and within a BIGINT, so no input reaches the database out of range.
 RequestId = Annotated[int, Path(ge=1, le=MAX_ID, description="A capacity request id.")]
 ReservationId = Annotated[int, Path(ge=1, le=MAX_ID, description="A reservation id.")]
+PollId = Annotated[int, Path(ge=1, le=MAX_ID, description="A poll id.")]
 SubscriptionId = Annotated[int, Path(ge=1, le=MAX_ID, description="A subscription id.")]
 
 LimitQuery = Annotated[

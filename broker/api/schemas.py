@@ -21,15 +21,39 @@ def _number(value: Decimal) -> float | int:
 Num = Annotated[Decimal, PlainSerializer(_number, return_type=float, when_used="json")]
 
 
+class AnomalyPublic(BaseModel):
+    """A price-sanity flag (rules in docs/anomalies.md)."""
+
+    code: str
+    message: str
+
+
+class SourcePublic(BaseModel):
+    """Where an offer's (or a history point's) numbers came from."""
+
+    poll_id: int = Field(description="The poll (GET /v1/polls/{id}).")
+    origin: str | None = Field(
+        description="The adapter and endpoint(s), or the snapshot folder, file and commit."
+    )
+    fetched_at: datetime
+
+
 class OfferPublic(BaseModel):
     """One current offer (the fields of `broker offers --format json`)."""
 
     key: str
     provider: str
     instance_type: str
-    gpu_model: str
+    gpu_model: str | None = Field(
+        description="Canonical model; null when the catalogue does not know the provider's "
+        "name (see gpu_name_raw)."
+    )
+    gpu_name_raw: str | None = Field(
+        default=None, description="The provider's accelerator name when gpu_model is null."
+    )
     gpu_family: str | None
-    accelerator_kind: str
+    form_factor: str | None = None
+    accelerator_kind: str | None
     gpu_count: Num
     gpu_memory_gb: Num | None
     vcpus: Num | None
@@ -50,6 +74,13 @@ class OfferPublic(BaseModel):
     first_seen: datetime
     last_seen: datetime
     stale: bool
+    anomalies: list[AnomalyPublic] = Field(
+        default_factory=list,
+        description="Price-sanity flags; an empty list when no rule flags the price.",
+    )
+    source: SourcePublic | None = Field(
+        default=None, description="The poll that last confirmed this offer."
+    )
     time_to_power_hours: float | None = Field(
         default=None,
         description="Hours until usable (broker.scoring.time_to_power), with sort=time_to_power; "
@@ -63,7 +94,6 @@ class OfferDetail(OfferPublic):
     active: bool
     withdrawn_at: datetime | None
     gpu_vendor: str | None
-    form_factor: str | None
     interconnect: str | None
     offering_id: str | None
     min_duration_hours: int | None
@@ -72,13 +102,38 @@ class OfferDetail(OfferPublic):
 
 
 class ObservationPublic(BaseModel):
-    """A change point of an offer's price or availability."""
+    """A change point of an offer: `appeared`, `changed` (price, availability or spec),
+    `withdrawn` (a gap begins: the offer was not on sale until the next `returned`) or
+    `returned`. Each point keeps the GPU count and per-GPU price of its own time."""
 
     at: datetime
+    kind: str
     price_per_hour: Num
+    gpu_count: Num | None
     price_per_gpu_hour: Num | None
     availability: str
     available_count: int | None
+    source: SourcePublic | None = None
+
+
+class PollPublic(BaseModel):
+    """One poll of one source as it was ingested: what it covered, what failed, what it
+    skipped or could not map, the events it wrote and where its data came from."""
+
+    id: int
+    source: str
+    label: str | None
+    fetched_at: datetime
+    ingested_at: datetime
+    status: str
+    offers_seen: int
+    scopes_ok: list[str]
+    scope_errors: list[dict[str, Any]]
+    events: dict[str, int]
+    skipped: dict[str, int]
+    origins: dict[str, str]
+    unrecognised: dict[str, Any]
+    processed_at: datetime | None
 
 
 class EventPublic(BaseModel):
@@ -117,6 +172,12 @@ class ProviderPublic(BaseModel):
     scope_errors: list[ScopeErrorPublic]
     offers: int
     stale_offers: int
+    unrecognised: dict[str, dict[str, dict[str, int]]] = Field(
+        default_factory=dict,
+        description="What the last successful poll could not map, per market provider: "
+        '{provider: {"regions": {name: offers}, "gpu_names": {name: offers}}} (the offers are '
+        "kept, with a null location or model; add the region or name to the tables).",
+    )
 
 
 class PollSummary(BaseModel):

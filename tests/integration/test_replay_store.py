@@ -60,6 +60,23 @@ GCP_HOSTS: dict[str, tuple[str, int]] = {
     "g2-standard-96": ("L4", 8),
 }
 MARKETS = (("on_demand", "Price"), ("spot", "SpotPrice"))
+# Azure sizes whose catalog count is wrong -> GPUs per instance, written out by hand from
+# Microsoft's size tables: partial GPUs (NVv4: 1/8 ... 1 MI25; NVads A10 v5: 1/6 ... 2 A10,
+# rounded as counts are, 3 places) and ND H100 v5 (8 GPUs; the SkyPilot files say 12).
+GPUS_PER_INSTANCE: dict[str, Decimal] = {
+    "Standard_ND96isr_H100_v5": Decimal(8),
+    "Standard_ND96is_H100_v5": Decimal(8),
+    "Standard_NV4as_v4": Decimal("0.125"),
+    "Standard_NV8as_v4": Decimal("0.25"),
+    "Standard_NV16as_v4": Decimal("0.5"),
+    "Standard_NV32as_v4": Decimal(1),
+    "Standard_NV6ads_A10_v5": Decimal("0.167"),
+    "Standard_NV12ads_A10_v5": Decimal("0.333"),
+    "Standard_NV18ads_A10_v5": Decimal("0.5"),
+}
+# GCP machine types sold only as Spot / Flex-start / reservations, never on demand (GCP's
+# accelerator-optimized machines page, consumption options by machine type).
+NOT_ON_DEMAND = ("a3-highgpu-1g", "a3-highgpu-2g", "a3-highgpu-4g", "a3-ultragpu-", "a4-")
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -81,6 +98,19 @@ class Naive(NamedTuple):
     accelerator: str  # AcceleratorName as written in the file
     gpus: Decimal
     region: str
+    vcpus: str = ""
+    memory: str = ""
+
+    @property
+    def spec(self) -> tuple[Decimal, Decimal | None, Decimal | None]:
+        def num(text: str) -> Decimal | None:
+            return Decimal(text) if text.strip() else None
+
+        return self.gpus, num(self.vcpus), num(self.memory)
+
+
+def _sold(instance_type: str, market: str) -> bool:
+    return market != "on_demand" or not instance_type.startswith(NOT_ON_DEMAND)
 
 
 def expected_offers(folder: Path) -> dict[str, dict[str, Naive]]:
@@ -109,6 +139,8 @@ def expected_offers(folder: Path) -> dict[str, dict[str, Naive]]:
                     if GCP_HOSTS.get(host["InstanceType"]) != (name, count):
                         continue
                     for market, col in MARKETS:
+                        if not _sold(host["InstanceType"], market):
+                            continue
                         accel = _price(row[col])
                         raw_host = (host[col] or "").strip()
                         if (
@@ -122,7 +154,15 @@ def expected_offers(folder: Path) -> dict[str, dict[str, Naive]]:
                         if accel is not None and host_price is not None:
                             key = f"gcp/{row['Region']}/{zone}/{host['InstanceType']}/{market}"
                             offers.setdefault(
-                                key, Naive(accel + host_price, name, Decimal(count), row["Region"])
+                                key,
+                                Naive(
+                                    accel + host_price,
+                                    name,
+                                    Decimal(count),
+                                    row["Region"],
+                                    host["vCPUs"],
+                                    host["MemoryGiB"],
+                                ),
                             )
         else:
             for row in _rows(path):
@@ -136,8 +176,12 @@ def expected_offers(folder: Path) -> dict[str, dict[str, Naive]]:
                             Naive(
                                 p,
                                 row["AcceleratorName"],
-                                Decimal(row["AcceleratorCount"]),
+                                GPUS_PER_INSTANCE.get(
+                                    row["InstanceType"], Decimal(row["AcceleratorCount"])
+                                ),
                                 row["Region"],
+                                row.get("vCPUs") or "",
+                                row.get("MemoryGiB") or "",
                             ),
                         )
         out[provider] = offers
@@ -146,17 +190,20 @@ def expected_offers(folder: Path) -> dict[str, dict[str, Naive]]:
 
 def expected_events(folders: list[Path]) -> tuple[Counter[tuple[str, str]], int]:
     """(Counter of (event type, offer key), number of current offers) after replaying."""
-    active: dict[str, dict[str, Decimal]] = {}
+    active: dict[str, dict[str, Naive]] = {}
     events: Counter[tuple[str, str]] = Counter()
     for folder in folders:
         for provider, offers in expected_offers(folder).items():
-            now = {k: o.price for k, o in offers.items()}
+            now = dict(offers)
             before = active.get(provider, {})
-            for key, price in now.items():
+            for key, o in now.items():
                 if key not in before:
                     events["offer_appeared", key] += 1
-                elif before[key] != price:
+                    continue
+                if before[key].price != o.price:
                     events["price_changed", key] += 1
+                if before[key].spec != o.spec:
+                    events["spec_changed", key] += 1
             for key in before.keys() - now.keys():
                 events["offer_withdrawn", key] += 1
             active[provider] = now
@@ -181,7 +228,7 @@ def test_replaying_every_snapshot_yields_the_independent_diff(
     got = Counter(
         (e.type, e.offer_key)
         for e in stored_events(engine)
-        if e.type.startswith(("offer_", "price_"))
+        if e.type.startswith(("offer_", "price_", "spec_"))
     )
     assert got == want
     assert summary.snapshots == len(snapshot_dirs)
@@ -192,6 +239,7 @@ def test_replaying_every_snapshot_yields_the_independent_diff(
         "offer_withdrawn": by_type["offer_withdrawn"],
         "price_changed": by_type["price_changed"],
         "availability_changed": 0,  # price lists say nothing about capacity
+        "spec_changed": by_type["spec_changed"],
     }
     assert summary.errors == []
     # Event ids are gap-free and increasing in commit order.

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import ast
 import csv
+import re
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
 from broker import gpus
-from broker.gpus import AcceleratorKind, UnknownGpu, normalise, resolve_query, tpu_chips
+from broker.gpus import (
+    AcceleratorKind,
+    BadGpuCount,
+    GpuFilterError,
+    UnknownGpu,
+    normalise,
+    parse_gpu_filter,
+    resolve_query,
+    tpu_chips,
+)
 
 
 @lru_cache(maxsize=4096)
@@ -165,8 +175,9 @@ def test_h100_form_factors_and_memory() -> None:
     }
     assert h100["H100-NVL"].memory_gb == 94
     others = {m.name: m.form_factor for m in gpus.CATALOGUE.values() if m.family != "H100"}
-    assert {n for n, f in others.items() if f is not None} == {"H200-NVL"}
+    assert {n for n, f in others.items() if f is not None} == {"H200-NVL", "B300"}
     assert others["H200-NVL"] == "NVL" and others["H200"] is None
+    assert others["B300"] == "SXM"  # NVIDIA sells the B300 as an SXM module only
 
 
 @pytest.mark.parametrize(
@@ -207,7 +218,8 @@ def test_tpu_generations_carry_per_chip_hbm(name: str, hbm_gb: int) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["Z9000", "H1000", "H100X", "", "   ", "RTX 3060 Ti", "RTX_4070S_Ti", "tpu-v9-8", "tpu-v7x-8"],
+    # GTX 1080 Ti is a real Vast card the catalogue does not carry (the Vast fake relies on it).
+    ["Z9000", "H1000", "H100X", "", "   ", "RTX 4060 Tie", "GTX 1080 Ti", "tpu-v9-8", "tpu-v7x-8"],
 )
 def test_unknown_names_are_none_never_a_guess(name: str) -> None:
     assert normalise(name, provider="vast") is None
@@ -282,3 +294,237 @@ def test_catalogue_names_are_unique_and_resolve() -> None:
 def test_catalogue_is_read_only() -> None:
     with pytest.raises(TypeError):
         gpus.CATALOGUE["X1"] = gpus.get("H100")  # type: ignore[index]
+
+
+# ----------------------------------------------------------- Vast's unreduced listing names
+
+#: The market data set's Vast InstanceType: `<count>x-<Vast gpu_name, _ for blanks>-<vCPUs>-<MiB>`
+#: (shared/data README, "Vast names are reduced"): the middle part is Vast's own name.
+_VAST_TYPE = re.compile(r"^(?P<count>\d+)x-(?P<name>.+)-\d+-\d+$")
+
+
+def _vast_rows(snapshot_dirs: list[Path]) -> list[tuple[str, str, str, int]]:
+    """(where, listing name from InstanceType, reduced AcceleratorName, MiB per GPU) of every
+    row of every vast.csv. GpuInfo's SizeInMiB is the listing's total, so it is divided by
+    the GPU count the same GpuInfo gives."""
+    rows = []
+    for folder in snapshot_dirs:
+        path = folder / "vast.csv"
+        if not path.exists():
+            continue
+        with path.open(newline="") as f:
+            for line, row in enumerate(csv.DictReader(f), start=2):
+                m = _VAST_TYPE.match(row["InstanceType"])
+                assert m, f"{folder.name}/vast.csv line {line}: {row['InstanceType']!r}"
+                gpu = ast.literal_eval(row["GpuInfo"])["Gpus"][0]
+                count = int(float(gpu["Count"]))
+                assert count == int(m["count"]) == int(float(row["AcceleratorCount"]))
+                per_gpu = int(float(gpu["MemoryInfo"]["SizeInMiB"]) / count)
+                rows.append((f"{folder.name}:{line}", m["name"], row["AcceleratorName"], per_gpu))
+    return rows
+
+
+def test_vast_listing_name_gives_the_model_its_memory_says(snapshot_dirs: list[Path]) -> None:
+    rows = _vast_rows(snapshot_dirs)
+    assert len(rows) >= 4 * 64, "every snapshot since 2026-05-01 has a 64-row vast.csv"
+    disagree, refined = [], set()
+    for where, listing, reduced, per_gpu_mib in rows:
+        model = normalise(listing, provider="vast", memory_mib=per_gpu_mib)
+        assert model is not None and model.memory_gb is not None, (where, listing)
+        # Usable memory is a little under the spec (L40S: 46068 MiB of 48 GB), never 10 % off.
+        if abs(per_gpu_mib / 1024 - model.memory_gb) > 0.10 * model.memory_gb:
+            disagree.append((where, listing, per_gpu_mib, model.name, model.memory_gb))
+        plain = normalise(reduced, provider="vast", memory_mib=per_gpu_mib)
+        if plain != model:
+            refined.add((listing, model.name))
+    assert disagree == []
+    # The reduced names lose these; the listing names keep them (H100 SXM/NVL, Ti cards).
+    assert {"H100-SXM", "H100-NVL", "RTX4070TiS", "RTX4060Ti-16GB", "RTX3060Ti"} <= {
+        name for _, name in refined
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "memory_mib", "expected"),
+    [
+        # Vast's API writes blanks (`gpu_name`), its catalog rows underscores.
+        ("H100 NVL", 95830, "H100-NVL"),
+        ("H100_NVL", None, "H100-NVL"),
+        ("H100 SXM", 81559, "H100-SXM"),
+        ("H100_SXM", None, "H100-SXM"),
+        ("RTX 4070S Ti", 16376, "RTX4070TiS"),
+        ("RTX_4070S_Ti", None, "RTX4070TiS"),
+        ("RTX 4060 Ti", 16380, "RTX4060Ti-16GB"),
+        ("RTX 4060 Ti", 8188, "RTX4060Ti"),
+        ("RTX_4060_Ti", None, "RTX4060Ti"),  # memory unknown: the plain (smaller) board
+        ("RTX 3060 Ti", 8192, "RTX3060Ti"),
+        ("RTX 4070", 12282, "RTX4070"),
+        ("RTX 4060", 8188, "RTX4060"),
+        ("RTX 3060", 12288, "RTX3060"),
+        # A100: the listing name does not say the memory; the reported figure does.
+        ("A100 SXM4", 81920, "A100-80GB"),
+        ("A100_SXM4", 40960, "A100"),
+        ("A100 PCIE", 40960, "A100"),
+        ("A100_PCIE", 81920, "A100-80GB"),
+    ],
+)
+def test_vast_names_keep_form_factor_and_ti(
+    name: str, memory_mib: int | None, expected: str
+) -> None:
+    model = normalise(name, provider="vast", memory_mib=memory_mib)
+    assert model is not None and model.name == expected
+
+
+def test_ti_and_super_cards_are_their_own_family() -> None:
+    for variant, base in [
+        ("RTX4070TiS", "RTX4070"),
+        ("RTX4070Ti", "RTX4070"),
+        ("RTX4060Ti", "RTX4060"),
+        ("RTX4060Ti-16GB", "RTX4060"),
+        ("RTX3060Ti", "RTX3060"),
+    ]:
+        assert gpus.get(variant).family != gpus.get(base).family
+        assert variant not in resolve_query(base)
+    assert resolve_query("RTX 4060 Ti") == {"RTX4060Ti", "RTX4060Ti-16GB"}
+    assert resolve_query("RTX 4070 Ti SUPER") == {"RTX4070TiS"}
+    assert (gpus.get("RTX4070TiS").memory_gb, gpus.get("RTX3060Ti").memory_gb) == (16, 8)
+
+
+# ------------------------------------------------------- accelerators of the current APIs
+
+
+@pytest.mark.parametrize(
+    ("name", "provider", "instance_type", "expected", "memory_gb", "vendor"),
+    [
+        ("nvidia-gb200", "gcp", None, "GB200", 186, "NVIDIA"),
+        ("GB200", "aws", "p6e-gb200.36xlarge", "GB200", 186, "NVIDIA"),
+        ("NVIDIA GB200", "azure", "Standard_ND128isr_NDR_GB200_v6", "GB200", 186, "NVIDIA"),
+        ("nvidia-gb300", "gcp", None, "GB300", 288, "NVIDIA"),
+        ("GB300", "azure", None, "GB300", 288, "NVIDIA"),
+        ("NVIDIA B300", None, None, "B300", 288, "NVIDIA"),
+        ("B300", "aws", "p6-b300.48xlarge", "B300", 288, "NVIDIA"),
+        ("MI325X", None, None, "MI325X", 256, "AMD"),
+        ("AMD Instinct MI325X", None, None, "MI325X", 256, "AMD"),
+        ("AMD Instinct MI355X", None, None, "MI355X", 288, "AMD"),
+        ("MI355X", None, None, "MI355X", 288, "AMD"),
+        ("AMD Radeon PRO V710", "azure", "Standard_NV12ads_V710_v5", "V710", 28, "AMD"),
+        ("AMD Radeon PRO V620", "azure", "Standard_NG32ads_V620_v1", "V620", 32, "AMD"),
+        ("nvidia-rtx-pro-6000", "gcp", None, "RTXPRO6000S", 96, "NVIDIA"),
+        (
+            "NVIDIA RTX PRO 6000 Blackwell Server Edition",
+            "azure",
+            "Standard_NC128ds_xl_RTXPRO6000BSE_v6",
+            "RTXPRO6000S",
+            96,
+            "NVIDIA",
+        ),
+        ("RTX PRO Server 6000", "aws", "g7e.2xlarge", "RTXPRO6000S", 96, "NVIDIA"),
+        ("RTX_PRO_6000_WS", "vast", None, "RTXPRO6000WS", 96, "NVIDIA"),
+        ("L4", "aws", "g6f.large", "L4", 24, "NVIDIA"),  # a fractional L4 is still an L4
+    ],
+)
+def test_accelerators_of_current_apis_are_catalogued(
+    name: str,
+    provider: str | None,
+    instance_type: str | None,
+    expected: str,
+    memory_gb: int,
+    vendor: str,
+) -> None:
+    model = normalise(name, provider=provider, instance_type=instance_type)
+    assert model is not None
+    assert (model.name, model.memory_gb, model.vendor, model.kind) == (
+        expected,
+        memory_gb,
+        vendor,
+        AcceleratorKind.GPU,
+    )
+
+
+# ----------------------------------------------------------------- filters as people write
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("H100 80GB", {"H100", "H100-SXM", "H100-PCIe"}),  # not H100-NVL (94 GB)
+        ("h100 80gb", {"H100", "H100-SXM", "H100-PCIe"}),
+        ("H100-80G", {"H100", "H100-SXM", "H100-PCIe"}),
+        ("nvidia-h100-80gb", {"H100", "H100-SXM", "H100-PCIe"}),
+        ("H100 94 GB", {"H100-NVL"}),
+        ("h100", {"H100", "H100-SXM", "H100-PCIe", "H100-NVL"}),
+        ("H100 SXM5", {"H100-SXM"}),
+        ("H100 SXM 80GB", {"H100-SXM"}),
+        ("A100-80G", {"A100-80GB"}),
+        ("A100 80GB", {"A100-80GB"}),
+        ("A100 40GB", {"A100"}),
+        ("A100-SXM4-80GB", {"A100-80GB"}),
+        ("A100 SXM4", {"A100", "A100-80GB"}),  # says no memory: both memories
+        ("V100 32GB", {"V100-32GB"}),
+        ("RTX 4060 Ti 16GB", {"RTX4060Ti-16GB"}),
+        ("Tesla P100-PCIE-16GB", {"P100"}),
+        ("T4G", {"T4G"}),  # ends in G, but no memory is asked
+        ("NVIDIA T4G", {"T4G"}),
+        ("A10G", {"A10G"}),
+    ],
+)
+def test_resolve_query_reads_names_as_people_write_them(query: str, expected: set[str]) -> None:
+    assert resolve_query(query) == expected
+
+
+def test_family_with_memory_is_the_members_with_that_memory() -> None:
+    checked = 0
+    for family in sorted({m.family for m in gpus.CATALOGUE.values()}):
+        members = [m for m in gpus.CATALOGUE.values() if m.family == family]
+        for gb in {m.memory_gb for m in members if m.memory_gb is not None}:
+            expected = {m.name for m in members if m.memory_gb == gb}
+            for query in (f"{family} {gb}GB", f"{family}-{gb}G", f"{family.lower()} {gb} gb"):
+                assert resolve_query(query) == expected, query
+                checked += 1
+    assert checked > 3 * 80
+
+
+def test_memory_no_member_has_is_unknown_and_says_what_exists() -> None:
+    with pytest.raises(
+        UnknownGpu, match=r"'H100 40GB': no H100 has 40 GB \(H100 80 GB, H100-NVL 94"
+    ):
+        resolve_query("H100 40GB")
+    with pytest.raises(UnknownGpu, match=r"Did you mean"):
+        resolve_query("Z9000 80GB")
+    for nonsense in ("80GB", "H100 GB", "gb"):
+        with pytest.raises(UnknownGpu):
+            resolve_query(nonsense)
+
+
+# ------------------------------------------------------------------------ MODEL:COUNT
+
+
+@pytest.mark.parametrize(
+    ("text", "query", "count"),
+    [
+        ("H100:8", "H100", 8),
+        ("H100", "H100", None),
+        (" h100 80GB : 4 ", "H100 80GB", 4),
+        ("A100-80G:16", "A100-80GB", 16),
+        ("RTX 4090:1", "RTX4090", 1),
+    ],
+)
+def test_parse_gpu_filter(text: str, query: str, count: int | None) -> None:
+    assert parse_gpu_filter(text) == (resolve_query(query), count)
+
+
+@pytest.mark.parametrize(
+    "text", ["H100:0", "H100:x", "H100:8:2", "H100:", "H100:-1", "H100:1.5", "H100:8 GPUs"]
+)
+def test_parse_gpu_filter_rejects_a_bad_count(text: str) -> None:
+    with pytest.raises(BadGpuCount, match=r"Bad GPU count .* write MODEL:COUNT") as info:
+        parse_gpu_filter(text)
+    assert repr(text.strip()) in str(info.value)
+    assert isinstance(info.value, GpuFilterError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("text", ["Z9000:8", ":8", "H100 40GB:8"])
+def test_parse_gpu_filter_rejects_an_unknown_model(text: str) -> None:
+    with pytest.raises(UnknownGpu) as info:
+        parse_gpu_filter(text)
+    assert isinstance(info.value, GpuFilterError)

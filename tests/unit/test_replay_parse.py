@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker.domain import Market, Offer
+from broker.offers import unrecognised_of
 from providers.replay import Replay, list_snapshots, read_snapshot
 
 T0 = datetime(2026, 11, 23, tzinfo=UTC)
@@ -161,14 +163,45 @@ def test_bad_rows_are_skipped_and_counted_with_file_and_line(
     lines = (folder / "scp.csv").read_text().splitlines(keepends=True)
     n_rows = len(lines) - 1
     lines[1] = lines[1].replace(",2.27,", ",two,")  # non-numeric price
-    lines[2] = lines[2].replace("KOREA-WEST-1-SCP-B001", "MARS-NORTH-1")  # unknown region
     (folder / "scp.csv").write_text("".join(lines))
     result = read_snapshot(folder, T0)
-    assert result.skipped["bad_price"] == 1 and result.skipped["unknown_region"] == 1
+    assert result.skipped["bad_price"] == 1
+    assert set(result.skipped) <= {"bad_price", "empty_price:spot"}  # scp has no spot prices
     assert any("scp.csv:2: bad_price" in n for n in result.notes)
-    assert any("scp.csv:3: unknown_region: 'MARS-NORTH-1'" in n for n in result.notes)
-    assert len(result.offers) == n_rows - 2
+    assert len(result.offers) == n_rows - 1
     assert result.scopes_ok and not result.scope_errors
+
+
+def test_unknown_region_and_accelerator_keep_every_priced_row(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Nothing priced is dropped for being unknown: a new region of a provider keeps its
+    offers with a null location, a new accelerator name keeps them with a null model and the
+    raw name; both are counted per provider as unrecognised."""
+    folder = _copy(data_dir, tmp_path, "2024-05-01", ["scp.csv"])
+    with (folder / "scp.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0])
+    priced = sum(1 for r in rows for c in ("Price", "SpotPrice") if (r[c] or "").strip())
+    rows[0]["Region"] = "MARS-NORTH-1"
+    rows[1]["AcceleratorName"] = "Quantum-Flux-9000"
+    with (folder / "scp.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, header)
+        writer.writeheader()
+        writer.writerows(rows)
+    result = read_snapshot(folder, T0)
+    assert len(result.offers) == priced
+    assert all(reason.startswith("empty_price") for reason in result.skipped)
+    mars = [o for o in result.offers if o.region == "MARS-NORTH-1"]
+    assert mars and all(o.country is None and o.jurisdiction is None for o in mars)
+    flux = [o for o in result.offers if o.gpu_name_raw == "Quantum-Flux-9000"]
+    assert flux and all(o.gpu_model is None and o.accelerator_kind is None for o in flux)
+    assert unrecognised_of(result.offers) == {
+        "scp": {
+            "regions": {"MARS-NORTH-1": len(mars)},
+            "gpu_names": {"Quantum-Flux-9000": len(flux)},
+        }
+    }
 
 
 def test_replay_provider_walks_snapshots_by_clock(data_dir: Path) -> None:

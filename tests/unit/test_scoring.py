@@ -99,10 +99,12 @@ def test_eu_only_request_returns_only_eu_and_explains_the_rest(
     assert any("US" in g["message"] for g in us)
 
 
-def test_unknown_jurisdiction_fails_any_allow_list(market: MarketSnapshot) -> None:
+def test_unknown_location_fails_every_residency_rule(market: MarketSnapshot) -> None:
     o = replace(next(iter(market.offers)), jurisdiction=None, country=None)
-    rule = Residency(allow=("EU", "US")).check(o)
-    assert rule is not None and rule[1] == "unknown jurisdiction"
+    for rules in (Residency(allow=("EU", "US")), Residency(deny=("CN",))):
+        rule = rules.check(o)
+        assert rule is not None and rule[0].startswith("location unknown")
+        assert rule[1] == o.region
     assert Residency().check(o) is None
 
 

@@ -25,9 +25,9 @@ from broker.api.pagination import (
 )
 from broker.api.schemas import ObservationPublic, OfferDetail, OfferPublic
 from broker.config import Settings
-from broker.domain import PRICE_QUANTUM, Market
+from broker.domain import Market
 from broker.models import Observation, StoredOffer
-from broker.offers import OUTPUT_FIELDS, OfferQuery
+from broker.offers import OUTPUT_FIELDS, OfferQuery, gpu_filters, source_of, sources
 from broker.offers import list_offers as query_offers
 from broker.scoring import ScoringConfig, market_from_rows, time_to_power
 
@@ -53,18 +53,11 @@ def _values(name: str, raw: list[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _gpu_models(values: tuple[str, ...]) -> frozenset[str] | None:
-    if not values:
-        return None
-    models: set[str] = set()
-    for value in values:
-        try:
-            models |= gpus.resolve_query(value)
-        except gpus.UnknownGpu as exc:
-            raise invalid(
-                "gpu", str(exc), value=value, known_models=sorted(gpus.CATALOGUE)
-            ) from None
-    return frozenset(models)
+def _gpu_models(values: tuple[str, ...]) -> tuple[frozenset[str] | None, dict[str, int]]:
+    try:
+        return gpu_filters(values)
+    except gpus.GpuFilterError as exc:
+        raise invalid("gpu", str(exc), known_models=sorted(gpus.CATALOGUE)) from None
 
 
 def _markets(values: tuple[str, ...]) -> tuple[Market, ...]:
@@ -88,7 +81,10 @@ def list_offers(
     clock: ClockDep,
     gpu: Annotated[
         list[str] | None,
-        _filter_query("GPU model or family (H100 covers H100-SXM, -PCIe, -NVL...)."),
+        _filter_query(
+            "GPU model or family (H100 covers H100-SXM, -PCIe, -NVL...; 'H100 80GB' the 80 GB "
+            "ones); MODEL:COUNT = at least COUNT per instance (H100:8)."
+        ),
     ] = None,
     min_gpus: Annotated[
         Decimal | None, Query(ge=0, le=MAX_GPUS, description="Minimum accelerators per instance.")
@@ -108,6 +104,10 @@ def list_offers(
     include_stale: Annotated[
         bool, Query(description="Also offers whose data is older than the stale TTL.")
     ] = False,
+    exclude_anomalies: Annotated[
+        bool,
+        Query(description="Leave out offers whose price a sanity rule flagged (anomalies)."),
+    ] = False,
     sort: Annotated[
         Literal["price", "time_to_power"],
         Query(
@@ -119,8 +119,10 @@ def list_offers(
     cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     """Current offers matching every filter given, cheapest per GPU-hour first."""
+    models, minimums = _gpu_models(_values("gpu", gpu))
     query = OfferQuery(
-        gpu_models=_gpu_models(_values("gpu", gpu)),
+        gpu_models=models,
+        gpu_minimums=minimums,
         min_gpus=min_gpus,
         providers=_values("provider", provider),
         regions=_values("region", region),
@@ -129,6 +131,7 @@ def list_offers(
         markets=_markets(_values("market", market)),
         max_price_per_gpu_hour=max_price_per_gpu_hour,
         include_stale=include_stale,
+        exclude_anomalies=exclude_anomalies,
     )
     if sort == "time_to_power":
         return _by_time_to_power(session, query, settings, clock(), limit, cursor)
@@ -211,7 +214,9 @@ def offer_history(
     limit: LimitQuery = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> dict[str, Any]:
-    """The offer's price and availability change points, oldest first."""
+    """The offer's change points, oldest first: appeared, changed (price, availability or
+    spec), withdrawn (a gap: not on sale until the next `returned`), returned. Each point
+    keeps the GPU count and per-GPU price of its own time, and its source poll."""
     offer = _load(session, key)
     o = Observation
     stmt = select(o).where(col(o.offer_id) == offer.id)
@@ -228,15 +233,17 @@ def offer_history(
     rows = session.execute(stmt.order_by(col(o.at), col(o.id)).limit(limit + 1)).scalars().all()
     more = len(rows) > limit
     rows = rows[:limit]
+    polls = sources(session.connection(), [{"poll_run_id": r.poll_run_id} for r in rows])
     data = [
         {
             "at": r.at,
+            "kind": r.kind,
             "price_per_hour": r.price_per_hour,
-            "price_per_gpu_hour": (r.price_per_hour / offer.gpu_count).quantize(PRICE_QUANTUM)
-            if offer.gpu_count
-            else None,
+            "gpu_count": r.gpu_count,
+            "price_per_gpu_hour": r.price_per_gpu_hour,
             "availability": r.availability,
             "available_count": r.available_count,
+            "source": source_of(offer.provider, r.poll_run_id, polls),
         }
         for r in rows
     ]
@@ -255,13 +262,14 @@ def read_offer(
     """One offer by key (`provider/region[/zone]/instance_type/market`), also when withdrawn."""
     row = _load(session, key)
     cutoff = clock() - timedelta(minutes=settings.stale_after_minutes)
-    out = {f: getattr(row, f) for f in OUTPUT_FIELDS if f != "stale"}
+    out = {f: getattr(row, f) for f in OUTPUT_FIELDS if f not in ("stale", "source")}
+    polls = sources(session.connection(), [{"poll_run_id": row.poll_run_id}])
     out.update(
         stale=row.last_seen < cutoff,
+        source=source_of(row.provider, row.poll_run_id, polls),
         active=row.active,
         withdrawn_at=row.withdrawn_at,
         gpu_vendor=row.gpu_vendor,
-        form_factor=row.form_factor,
         interconnect=row.interconnect,
         offering_id=row.offering_id,
         min_duration_hours=row.min_duration_hours,

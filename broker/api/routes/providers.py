@@ -111,6 +111,7 @@ def _entry(
         "scope_errors": errors,
         "offers": sum(counts.get(p, (0, 0))[0] for p in feeds),
         "stale_offers": sum(counts.get(p, (0, 0))[1] for p in feeds),
+        "unrecognised": {s.provider: s.unrecognised for s in fed if s.unrecognised},
     }
 
 
