@@ -10,8 +10,8 @@ request per page:
   2021-07-01`: the request `resource_skus.list()` makes, sent with the client's documented
   `send_request` and read as JSON, because the SDK's model deserialisation costs ~1 ms of CPU per
   entry (measured, 39.0.0) and the list has one entry per size and location (tens of thousands
-  in a real subscription). Kept: `resourceType == "virtualMachines"` with a `GPUs` capability
-  above 0. Read: `name`, `family`, capabilities `GPUs` / `vCPUs` / `MemoryGB` / `RdmaEnabled`,
+  in a real subscription). Kept: `resourceType == "virtualMachines"` GPU sizes (see "GPU sizes"
+  below). Read: `name`, `family`, capabilities `GPUs` / `vCPUs` / `MemoryGB` / `RdmaEnabled`,
   `locationInfo[].zones` and `restrictions[]` (wire names, so no SDK-major differences such as
   `values` vs `values_property`).
 
@@ -51,15 +51,19 @@ the bearer tokens this adapter was issued redacted.
 One offer per location, GPU size and market (zone = None: retail prices are per location; the
 zones are in `raw`):
 
-- `gpu_model` from `broker.gpus.normalise` of the GPU the size's series carries (`_SERIES`, by
-  SKU name, from Microsoft's size-series pages: ND H100 v5 → H100 → `H100-SXM` by the catalogue's
-  Azure rule, NC(C)ads H100 v5 → `H100-NVL`, NC A100 v4 and ND A100 v4 (`amsr`) → `A100-80GB`,
-  ND96asr_v4 → `A100` (40 GB), ...). A GPU size of a series not in the table (ND GB200 v6, NGads
-  V620, ...) is skipped and counted as `skipped["unknown_gpu"]`, never guessed.
-- `gpu_count` = the `GPUs` capability as a Decimal, except for the partial-GPU sizes Microsoft
-  documents (`_PARTIAL_GPUS`: NVadsA10 v5 1/6, 1/3, 1/2; NVv4 1/8, 1/4, 1/2), for which the API
-  reports 1 (SkyPilot's fetch_azure.py notes it): there the documented fraction is used
-  (`to_count` → 0.167, 0.333, 0.5) and `raw["GPUs"]` keeps what the API said.
+- `gpu_model`: the size table's model (`broker.sizes.fraction`, `broker/data/fractions.csv`)
+  when it lists the size, else `broker.gpus.normalise` of the GPU the size's series carries
+  (`_SERIES`, by SKU name, from Microsoft's size-series pages: ND H100 v5 → H100 → `H100-SXM` by
+  the catalogue's Azure rule, NC(C)ads H100 v5 → `H100-NVL`, NC A100 v4 and ND A100 v4 (`amsr`)
+  → `A100-80GB`, ND96asr_v4 → `A100` (40 GB), ...). A GPU size neither names (or whose model
+  the catalogue lacks) is skipped and counted as `skipped["unknown_gpu"]`, never guessed.
+- `gpu_count` = the size table's `fraction` when it lists the size, else the `GPUs`
+  capability. The table wins where the two disagree: for the partial sizes the API says
+  `GPUs` 1 (NVadsA10 v5 1/6, 1/3, 1/2, as SkyPilot's fetch_azure.py notes; NVv4 1/8, 1/4, 1/2,
+  as the market data set shows), so the documented fraction is used (`to_count` → 0.167,
+  0.333, 0.5); `raw["GPUs"]` keeps what the API said (None when it said nothing) and
+  `raw["size_table"]` what the table gave. `gpu_memory_gb` = the table's `memory_gb` (the
+  slice's memory: 4 GB for 1/6 of an A10) when it gives one, else the catalogue's per-GPU figure.
 - `vcpus` = `vCPUs`, `memory_gb` = `MemoryGB` (Azure's GB are GiB), `interconnect` =
   "InfiniBand" where `RdmaEnabled` is True (Azure's RDMA sizes use InfiniBand), else None.
 - `availability`: `unavailable` where a `restrictions[]` entry of type `Location` covers the
@@ -69,6 +73,16 @@ zones are in `raw`):
   leaves the location's availability as is: the size can still be deployed without a zone.
 - Location from `broker.regions`; an unknown location keeps its offers with `country=None` and a
   note.
+
+## GPU sizes
+A `virtualMachines` entry is a GPU size when it has a `GPUs` capability above 0, or the size
+table lists it (ND GB200 v6, ND GB300 v6 and ND96is MI300X v5 carry no `GPUs` capability at
+all: SkyPilot's fetch_azure.py, `AZURE_MISSING_GPU_COUNT`, from `az vm list-skus --all`), or
+its name is of a GPU series (`_SERIES`). Dropped, and counted in the poll's `skipped` once per
+location the SKU list gives (whatever `regions` polls), with a note: sizes of retired series
+(`retired`: NC, NCv2, ND and NV v1, `_RETIRED`; Azure deallocates what is left of them, so
+nothing can be bought), and GPU-series sizes with no `GPUs` capability that the table does not
+list (`no_gpu_count`: a count is never guessed).
 
 ## Prices (Retail Prices API, USD, per instance)
 Each price row (`Items[]`) is matched to a GPU size by `armSkuName` (case-insensitive) and
@@ -125,7 +139,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from fractions import Fraction
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -148,7 +161,7 @@ from azure.core.rest import HttpRequest
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.core.exceptions import ARMErrorFormat
 
-from broker import gpus, regions
+from broker import gpus, regions, sizes
 from broker.config import AzureSettings, Settings
 from broker.domain import (
     Availability,
@@ -227,16 +240,20 @@ _SERIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     )
 )
 
-#: Sizes that carry part of one GPU, for which the `GPUs` capability says 1: the fraction from
-#: Microsoft's size tables ("GPU partition" of NVadsA10 v5, "GPU" of NVv4).
-_PARTIAL_GPUS: Mapping[str, Fraction] = {
-    "standard_nv6ads_a10_v5": Fraction(1, 6),
-    "standard_nv12ads_a10_v5": Fraction(1, 3),
-    "standard_nv18ads_a10_v5": Fraction(1, 2),
-    "standard_nv4as_v4": Fraction(1, 8),
-    "standard_nv8as_v4": Fraction(1, 4),
-    "standard_nv16as_v4": Fraction(1, 2),
-}
+#: Retired GPU series: Microsoft retired them and deallocates any VM left, yet old SKU lists and
+#: price lists may still name them. NC (K80) and NC_Promo, NCv2 (P100), ND (P40): retired
+#: 6 September 2023; NV (M60) and NV_Promo: 1 September 2022 (MicrosoftDocs/azure-docs,
+#: articles/virtual-machines/nc-series-retirement.md, ncv2-series-retirement.md,
+#: nd-series-retirement.md, NV-series-retirement.md). Matched on the name without `_Promo`.
+_RETIRED: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), series)
+    for pattern, series in (
+        (r"^Standard_NC\d+r?$", "NC"),  # NC6, NC12, NC24, NC24r
+        (r"^Standard_NC\d+r?s_v2$", "NCv2"),  # NC6s_v2 ... NC24rs_v2
+        (r"^Standard_ND\d+r?s$", "ND"),  # ND6s, ND12s, ND24s, ND24rs
+        (r"^Standard_NV\d+$", "NV"),  # NV6, NV12, NV24 (not NVv3 NV12s_v3, NVv4 NV4as_v4)
+    )
+)
 
 _PROMO = re.compile(r"_Promo$", re.IGNORECASE)
 _LOCATION = re.compile(r"^[a-z0-9]+$")
@@ -253,6 +270,15 @@ def series_gpu(sku_name: str) -> str | None:
     for pattern, gpu in _SERIES:
         if pattern.match(name):
             return gpu
+    return None
+
+
+def retired_series(sku_name: str) -> str | None:
+    """The retired series a size belongs to (`Standard_NC6_Promo` → "NC"), or None."""
+    name = _PROMO.sub("", sku_name)
+    for pattern, series in _RETIRED:
+        if pattern.match(name):
+            return series
     return None
 
 
@@ -282,6 +308,7 @@ class GpuSku:
 
     name: str
     family: str
+    #: GPUs per instance: the size table's fraction where it lists the size, else `GPUs`.
     gpus: Decimal
     vcpus: Decimal | None
     memory_gb: Decimal | None
@@ -290,6 +317,10 @@ class GpuSku:
     restricted_zones: tuple[str, ...]
     #: reasonCode of a Location restriction covering this location (None = not restricted).
     location_restriction: str | None
+    #: the `GPUs` capability as the API wrote it; None when the entry has none.
+    api_gpus: str | None = None
+    #: the size table's entry (`broker.sizes`), when it lists the size.
+    table: sizes.Fraction | None = None
 
 
 @dataclass
@@ -309,6 +340,9 @@ class SkuCatalogue:
             self.notes.append(text)
 
     def add_page(self, skus: Iterable[Any]) -> None:
+        # Load the size table here: a broken shipped table must fail the poll loudly, not
+        # turn every entry into a `bad_sku` below.
+        sizes.fractions_table()
         for sku in skus:
             self.entries += 1
             try:
@@ -317,6 +351,37 @@ class SkuCatalogue:
                 self.skipped["bad_sku"] += 1
                 name = sku.get("name") if isinstance(sku, dict) else None
                 self.note(f"resource sku {name}: unreadable ({exc})")
+
+    def _skip(self, reason: str, locations: set[str], note: str) -> None:
+        """Count a dropped GPU size once per location it is listed in."""
+        self.skipped[reason] += max(len(locations), 1)
+        self.note(note)
+
+    def _gpus_of(
+        self, name: str, caps: Mapping[str, str], locations: set[str]
+    ) -> tuple[Decimal, sizes.Fraction | None] | None:
+        """GPUs per instance of a GPU size and its size-table entry; None for a size that is
+        not a GPU size or is dropped (counted; see "GPU sizes" in the module docstring)."""
+        series = retired_series(name)
+        listed = sizes.fraction(NAME, name)
+        api = _decimal(caps["GPUs"]) if "GPUs" in caps else None
+        gpu_series = series_gpu(name) is not None
+        if listed is None and (api is None or api <= 0) and not gpu_series:
+            return None
+        if series is not None:
+            self._skip("retired", locations, f"resource sku {name}: {series} series is retired")
+            return None
+        if listed is not None:
+            return listed.fraction, listed
+        if api is None or api <= 0:
+            self._skip(
+                "no_gpu_count",
+                locations,
+                f"resource sku {name}: GPU series without a GPUs capability, not in the size "
+                "table (broker/data/fractions.csv)",
+            )
+            return None
+        return api, None
 
     def _add(self, sku: Mapping[str, Any]) -> None:
         if sku.get("resourceType") != "virtualMachines":
@@ -327,28 +392,16 @@ class SkuCatalogue:
         locations |= {str(loc).lower() for loc in sku.get("locations") or ()}
         self.locations |= locations
         caps = {str(c.get("name")): str(c.get("value")) for c in sku.get("capabilities") or ()}
-        if "GPUs" not in caps:
+        found = self._gpus_of(name, caps, locations)
+        if found is None:
             return
-        gpu_count = _decimal(caps["GPUs"])
-        if gpu_count <= 0:
-            return
+        gpu_count, listed = found
         vcpus = _decimal(caps["vCPUs"]) if "vCPUs" in caps else None
         memory = _decimal(caps["MemoryGB"]) if "MemoryGB" in caps else None
         zones_of = {str(i["location"]).lower(): tuple(i.get("zones") or ()) for i in infos}
         for location in locations:
             zones = zones_of.get(location, ())
-            restricted: set[str] = set()
-            blocked: str | None = None
-            for r in sku.get("restrictions") or ():
-                info = r.get("restrictionInfo") or {}
-                where = {str(v).lower() for v in r.get("values") or ()}
-                where |= {str(v).lower() for v in info.get("locations") or ()}
-                if location not in where:
-                    continue
-                if r.get("type") == "Location":
-                    blocked = str(r.get("reasonCode") or "restricted")
-                elif r.get("type") == "Zone":
-                    restricted |= {str(z) for z in info.get("zones") or ()}
+            restricted, blocked = _restrictions(sku, location)
             self.gpu_skus.setdefault(location, {}).setdefault(
                 name.lower(),
                 GpuSku(
@@ -361,8 +414,28 @@ class SkuCatalogue:
                     zones=tuple(sorted(str(z) for z in zones if str(z) not in restricted)),
                     restricted_zones=tuple(sorted(restricted)),
                     location_restriction=blocked,
+                    api_gpus=caps.get("GPUs"),
+                    table=listed,
                 ),
             )
+
+
+def _restrictions(sku: Mapping[str, Any], location: str) -> tuple[set[str], str | None]:
+    """The zones a `Zone` restriction removes in `location`, and the reasonCode of a
+    `Location` restriction covering it (None = not restricted)."""
+    restricted: set[str] = set()
+    blocked: str | None = None
+    for r in sku.get("restrictions") or ():
+        info = r.get("restrictionInfo") or {}
+        where = {str(v).lower() for v in r.get("values") or ()}
+        where |= {str(v).lower() for v in info.get("locations") or ()}
+        if location not in where:
+            continue
+        if r.get("type") == "Location":
+            blocked = str(r.get("reasonCode") or "restricted")
+        elif r.get("type") == "Zone":
+            restricted |= {str(z) for z in info.get("zones") or ()}
+    return restricted, blocked
 
 
 # --------------------------------------------------------------------------- prices
@@ -963,6 +1036,38 @@ def _skip(out: ScopeOffers, reason: str, note: str) -> None:
         out.notes.append(note)
 
 
+def _model_of(sku: GpuSku) -> gpus.GpuModel | None:
+    """The catalogue entry of a size: the size table's model when it lists the size (and the
+    catalogue knows it), else the model of the size's series; None when neither says."""
+    if sku.table is not None and sku.table.gpu_model in gpus.CATALOGUE:
+        return gpus.CATALOGUE[sku.table.gpu_model]
+    gpu = series_gpu(sku.name)
+    return gpus.normalise(gpu, provider=NAME, instance_type=sku.name) if gpu else None
+
+
+def _raw_of(sku: GpuSku) -> dict[str, Any]:
+    """The size's own fields kept in every offer's `raw`."""
+    base: dict[str, Any] = {
+        "sku": sku.name,
+        "family": sku.family,
+        "GPUs": sku.api_gpus,
+        "vCPUs": str(sku.vcpus) if sku.vcpus is not None else None,
+        "MemoryGB": str(sku.memory_gb) if sku.memory_gb is not None else None,
+        "zones": list(sku.zones),
+    }
+    if sku.table is not None:
+        memory = sku.table.memory_gb
+        base["size_table"] = {
+            "gpus": str(sku.table.fraction),
+            "memory_gb": str(memory) if memory is not None else None,
+        }
+    if sku.restricted_zones:
+        base["restricted_zones"] = list(sku.restricted_zones)
+    if sku.location_restriction:
+        base["restriction"] = sku.location_restriction
+    return base
+
+
 def _offers_of(
     location: str,
     sku: GpuSku,
@@ -970,40 +1075,24 @@ def _offers_of(
     where: regions.RegionInfo | None,
     out: ScopeOffers,
 ) -> None:
-    gpu = series_gpu(sku.name)
-    model = gpus.normalise(gpu, provider=NAME, instance_type=sku.name) if gpu else None
+    model = _model_of(sku)
     if model is None:
         _skip(
             out,
             "unknown_gpu",
-            f"azure {location} {sku.name} ({sku.family}): GPU series not in the catalogue",
+            f"azure {location} {sku.name} ({sku.family}): GPU not in the catalogue",
         )
         return
-    fraction = _PARTIAL_GPUS.get(sku.name.lower())
-    count = (
-        to_count(Decimal(fraction.numerator) / Decimal(fraction.denominator))
-        if fraction is not None
-        else to_count(sku.gpus)
-    )
     keys = book.offers_of(sku.name.lower())
     if not keys:
         _skip(out, "no_price", f"azure {location} {sku.name}: no Linux price row")
         return
     availability = Availability.UNAVAILABLE if sku.location_restriction else Availability.UNKNOWN
-    base: dict[str, Any] = {
-        "sku": sku.name,
-        "family": sku.family,
-        "GPUs": str(sku.gpus),
-        "vCPUs": str(sku.vcpus) if sku.vcpus is not None else None,
-        "MemoryGB": str(sku.memory_gb) if sku.memory_gb is not None else None,
-        "zones": list(sku.zones),
-    }
-    if fraction is not None:
-        base["gpu_fraction"] = f"{fraction.numerator}/{fraction.denominator}"
-    if sku.restricted_zones:
-        base["restricted_zones"] = list(sku.restricted_zones)
-    if sku.location_restriction:
-        base["restriction"] = sku.location_restriction
+    base = _raw_of(sku)
+    if sku.table is not None and sku.table.memory_gb is not None:
+        gpu_memory: Decimal | None = sku.table.memory_gb
+    else:
+        gpu_memory = Decimal(model.memory_gb) if model.memory_gb is not None else None
     for key in keys:
         _, market, offering_id = key
         try:
@@ -1027,8 +1116,8 @@ def _offers_of(
                 instance_type=sku.name,
                 market=market,
                 **model_fields(model),
-                gpu_count=count,
-                gpu_memory_gb=Decimal(model.memory_gb) if model.memory_gb is not None else None,
+                gpu_count=to_count(sku.gpus),
+                gpu_memory_gb=gpu_memory,
                 vcpus=sku.vcpus,
                 memory_gb=sku.memory_gb,
                 interconnect="InfiniBand" if sku.rdma else None,

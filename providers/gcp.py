@@ -1,18 +1,26 @@
 """GCP: Compute Engine GPU machine types, accelerator types and GPU quotas, priced from the
 Cloud Billing Catalog.
 
-## What it calls (PROVIDERS.md §2)
-Project-wide, once per poll, concurrently (each paged with `nextPageToken`, one call per page):
+This module owns the calls (paging, retries, error mapping, scopes). What a price is, and
+which SKU prices what, is `providers._gcp_skus`; which offers and quotas a region's lists
+make is `providers._gcp_offers`.
+
+## What it calls
+Project-wide, once per poll, concurrently (each paged with `nextPageToken`, one call per page;
+REST reference: cloud.google.com/compute/docs/reference/rest/v1/acceleratorTypes/aggregatedList,
+/machineTypes/aggregatedList, /regions/get; cloud.google.com/billing/docs/reference/rest/v1/
+services.skus/list):
 
 - `AcceleratorTypesClient.aggregated_list` (`GET .../aggregated/acceleratorTypes`,
   `includeAllScopes=true`): the accelerator types of every zone. Empty zones come back with a
   `NO_RESULTS_ON_PAGE` warning, which is how regions without GPUs are still covered.
 - `MachineTypesClient.aggregated_list` (`GET .../aggregated/machineTypes`) with
   `filter=settings.machine_type_filter` (default: the accelerator-optimised families a2, a3,
-  a4, g2, ... as `name eq "<RE2>"`, the regex form of the SDK's `filter` docstring, which must
-  match the whole name): machine types whose `accelerators[]` carry built-in GPUs.
+  a4, g2, g4, ... as `name eq "<RE2>"`, the regex form of the SDK's `filter` docstring, which
+  must match the whole name): machine types whose `accelerators[]` carry built-in GPUs.
 - Cloud Billing Catalog `GET /v1/services/6F81-5844-456A/skus?currencyCode=USD&pageSize=5000`
-  (Compute Engine's service id): the GPU, "Instance Core" and "Instance Ram" SKUs.
+  (Compute Engine's service id, as SkyPilot's `fetch_gcp.py` `GCE_SERVICE_ID` and gpuhunt's
+  `compute_service` read it): the GPU, "Instance Core", "Instance Ram" and Local SSD SKUs.
 
 Then per region, on a bounded pool (`max_concurrency`): `RegionsClient.get` (`GET
 .../regions/{region}`) for the region's `status` and GPU `quotas[]`. A region whose zones carry no
@@ -28,13 +36,16 @@ since no offer can be priced without it. A region fails alone when its `regions.
 when an aggregated list reports one of its zones `UNREACHABLE` (per-scope warning or
 `unreachables[]`). Every call is retried by this module (not by the SDK, whose own retry is
 off: `retry=None`, `timeout=timeout_s`): up to `max_attempts`; 429 (and 403 `rateLimitExceeded`,
-which is how Compute Engine throttles reads) after `Retry-After` when that is at most
-`max_retry_after_s`, 5xx / timeouts / dropped connections with exponential backoff. SDK and
-transport errors are mapped onto the `ProviderError` tree in `_map_error`.
+which is how Compute Engine throttles: "If your project exceeds a rate quota, you receive a 403
+error with the reason rateLimitExceeded", cloud.google.com/compute/api-quota) after
+`Retry-After` when that is at most `max_retry_after_s`, 5xx / timeouts / dropped connections
+with exponential backoff. SDK and transport errors are mapped onto the `ProviderError` tree in
+`_map_error`.
 
 ## Offers
-- **Machine types with built-in GPUs** (a2-*, a3-*, a4-*, g2-*): one offer per zone, machine
-  type and market. `gpu_model` from `broker.gpus.normalise(guestAcceleratorType)`,
+- **Machine types with built-in GPUs** (a2-*, a3-*, a4-*, g2-*, g4-*): one offer per zone,
+  machine type and market. `gpu_model` from `broker.gpus.normalise(guestAcceleratorType)`
+  (G4's nvidia-rtx-pro-6000 is the RTX PRO 6000 Server Edition, `RTXPRO6000S`),
   `gpu_count` = `guestAcceleratorCount`, `vcpus` = `guestCpus`, `memory_gb` = `memoryMb / 1024`
   (GCP's "MB" here are MiB: a3-highgpu-8g has 1916928 = 1872 GiB).
 - **N1-attachable GPUs** (T4, V100, P100, P4, K80; GCP docs "GPUs on N1"): GCP sells these as
@@ -44,38 +55,19 @@ transport errors are mapped onto the `ProviderError` tree in `_map_error`.
   in `raw["max_per_instance"]`), priced **per GPU only**: `raw["pricing"] == "gpu_only"` says
   the N1 host (billed separately) is not included. No host price is ever invented. Turn them
   off with `BROKER_GCP__ATTACHABLE_GPUS=false`.
-- Markets: `on_demand` (SKU usageType `OnDemand`) and `spot` (`Preemptible`). Commitments
-  (`Commit1Yr`/`Commit3Yr`) are not offered: they are resource-based discounts on a region's
-  vCPU/RAM/GPU usage, not a purchasable instance, and their core/RAM SKU wording is unverified.
+- Markets: `on_demand` and `spot`, read from each SKU's usage type and description
+  (`providers._gcp_skus`). Commitments (`Commit1Yr`/`Commit3Yr`) are not offered: they are
+  resource-based discounts on a region's vCPU/RAM/GPU usage, not a purchasable instance.
+  A market `broker.sizes.markets_sold` says a machine type is not sold in (A3 High 1g/2g/4g,
+  A3 Ultra, A4, A4X on demand) gives no offer: `skipped["not_sold:<market>"]`.
+- Prices: GPUs + vCPUs + memory + bundled Local SSD at the region's SKU rates, or a GPU slice
+  SKU for the whole machine; see `providers._gcp_skus`. `raw["skus"]` keeps the SKU ids and
+  unit prices used, `raw["local_ssd_gib"]` the bundled Local SSD priced. Known gap: A3 High
+  1g/2g/4g and A3 Ultra also come with Local SSD whose sizes are not in the table (no source
+  at hand states them), so their prices leave it out.
 - `availability` is `unknown` (a price list says nothing about capacity), `unavailable` when
   `regions.get` reports the region `DOWN`. Location from `broker.regions`; an unknown region keeps
   its offers with `country=None` and a note.
-
-## Prices
-GCP bills a GPU VM as its GPUs plus its vCPUs plus its memory, each at a per-region rate
-(cloud.google.com/compute/vm-instance-pricing, /compute/gpus-pricing); the catalogue holds those
-rates as SKUs. Summing them is what third-party catalogues do (SkyPilot's fetch_gcp.py;
-PROVIDERS.md §2.6 [3P]) and it reproduces GCP's published rate where checked (shared/data
-README: a2-highgpu-1g in us-central1 = host 0.73948 + A100 2.93391 = 3.67339).
-
-Each SKU's price is the latest `pricingInfo[]` entry's lowest tier: `unitPrice.units +
-unitPrice.nanos / 10^9` (as `Decimal`), per `usageUnit` (`h` for GPU and core, `GiBy.h` for
-RAM). A SKU applies to the regions in its `serviceRegions`. Then, per region and market:
-
-    price/hour = GPU SKU × gpus + core SKU × vCPUs + RAM SKU × GiB
-
-with GPU SKU = the "Nvidia <model> GPU" SKU of the accelerator type (matched on the model words
-of both names, vendor words dropped, so "nvidia-h100-mega-80gb" ↔ "Nvidia H100 80GB Mega GPU";
-"Plus" is read as "Mega", a spelling some regions use [SkyPilot fetch_gcp.py]) and core/RAM =
-the machine family's "<FAMILY> Instance Core/Ram running in ..." SKUs (family = the machine
-type's prefix: a3-highgpu-8g → "A3"). A GPU SKU sold as a "(N gpu slice)" ("Nvidia B200 (1 gpu
-slice)": there are no A4 core/RAM SKUs, the slice carries the machine [SkyPilot fetch_gcp.py]) is
-the whole price: slice price / N × gpus.
-Spot uses the `Preemptible` SKUs of all three. An offer needs every component in its region
-and market; a missing one skips it (`skipped["no_price:<market>"]`), two SKUs with different
-prices for one component skip it (`ambiguous_price`), never a guess. SKUs for commitments,
-reservations, sole tenancy, custom/premium/extended shapes and DWS/calendar/flex modes are
-ignored. `raw` keeps the SKU ids and unit prices used.
 
 ## Quotas
 `regions.get` → `quotas[]`: every `*_GPUS` metric becomes a `Quota(unit="gpus")`, market `spot`
@@ -86,9 +78,9 @@ leaves exactly one type that `broker.gpus` maps to the same model). `GPUS_ALL_RE
 project-wide, not a region's, and is left out.
 
 ## Not polled
-Calendar-mode advice (`AdviceClient.calendar_mode`, PROVIDERS.md §2.5: future reservations,
-no price in the answer, one request per shape and window) and TPUs (a separate API and
-catalogue). Zones' own `status` (one more project-wide list) is not read: a region's is.
+Calendar-mode advice (`compute_v1.AdviceClient.calendar_mode`: future reservations, no price
+in the answer, one request per shape and window) and TPUs (a separate API and catalogue).
+Zones' own `status` (one more project-wide list) is not read: a region's is.
 
 ## Auth
 Application Default Credentials (`google.auth.default()`) plus `BROKER_GCP__PROJECT`; the billing
@@ -108,10 +100,9 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
+from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
 import google.auth
@@ -124,20 +115,20 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import Credentials
 from google.cloud import compute_v1
 
-from broker import gpus, regions
+from broker import regions
 from broker.config import GcpSettings, Settings
-from broker.domain import (
-    Availability,
-    Clock,
-    Market,
-    Offer,
-    PollResult,
-    Quota,
-    Scope,
-    to_count,
-    to_price,
-    utcnow,
+from broker.domain import Availability, Clock, PollResult, Scope, utcnow
+from providers._gcp_offers import (
+    NAME,
+    AccelType,
+    Catalogue,
+    MachineType,
+    OfferBuilder,
+    quota_accelerator,
+    region_of_zone,
+    region_quotas,
 )
+from providers._gcp_skus import MAX_NOTES, PriceBook, model_words
 from providers._http import BACKOFF_BASE_S, JsonApi, parse_retry_after
 from providers.base import (
     AuthFailed,
@@ -150,16 +141,15 @@ from providers.base import (
     RequestRejected,
     ScopeOffers,
     failed_poll,
-    model_fields,
-    place_fields,
     poll_scopes,
     redact,
     register,
 )
 
+__all__ = ["Gcp", "PriceBook", "model_words", "quota_accelerator"]
+
 log = logging.getLogger(__name__)
 
-NAME = "gcp"
 #: Compute Engine's service id in the Cloud Billing Catalog.
 COMPUTE_SERVICE_ID = "6F81-5844-456A"
 BILLING_URL = "https://cloudbilling.googleapis.com"
@@ -170,82 +160,14 @@ SKU_PAGE_SIZE = 5000
 #: A paged read that has not ended after this many pages is treated as broken (a server
 #: handing out tokens forever), not followed forever.
 MAX_PAGES = 1000
-MAX_NOTES = 50
-
-#: Accelerator types GCP attaches to N1 VMs (cloud.google.com/compute/docs/gpus, "N1
-#: general-purpose machine series"): sold per GPU, the host machine type is the user's choice.
-N1_ATTACHABLE = frozenset(
-    {
-        "nvidia-tesla-t4",
-        "nvidia-tesla-t4-vws",
-        "nvidia-tesla-v100",
-        "nvidia-tesla-p100",
-        "nvidia-tesla-p100-vws",
-        "nvidia-tesla-p4",
-        "nvidia-tesla-p4-vws",
-        "nvidia-tesla-k80",
-    }
-)
-
-_USAGE_MARKET: Mapping[str, Market] = {"OnDemand": Market.ON_DEMAND, "Preemptible": Market.SPOT}
-_QUOTA_PREFIX_MARKET: tuple[tuple[str, Market], ...] = (
-    ("PREEMPTIBLE_", Market.SPOT),
-    ("COMMITTED_", Market.RESERVED),
-)
-_VENDOR_WORDS = frozenset({"nvidia", "tesla", "amd"})
-#: SKUs priced for something other than a plain on-demand/spot VM of a standard shape.
-_EXCLUDED_SKU_WORDS = (
-    "commitment",
-    "reserved",
-    "reservation",
-    "sole tenancy",
-    "custom",
-    "premium",
-    "extended",
-    "dws",
-    "defined duration",
-    "calendar",
-    "flex",
-)
-_SKU_PREFIX = r"^(?:spot preemptible |preemptible )?"
-_GPU_SKU = re.compile(
-    _SKU_PREFIX + r"(?P<name>(?:nvidia|amd) .+?) (?:gpu|\((?P<slice>\d+) gpu slices?\))(?:\s|$)",
-    re.IGNORECASE,
-)
-_HOST_SKU = re.compile(
-    _SKU_PREFIX + r"(?P<family>[a-z0-9]+(?: [a-z0-9]+)*?) instance (?P<kind>core|ram) running in ",
-    re.IGNORECASE,
-)
-_MEMORY_WORD = re.compile(r"^\d+gb$")
 _REST_PREFIX = re.compile(r"^[A-Z]+ \S+: ")
-#: Token replacements between the spellings of accelerator types, SKUs and quota metrics.
-_WORD_ALIASES = {"plus": "mega"}  # "H100 80GB Plus GPU" is A3 Mega's H100 in some regions
 
 T = TypeVar("T")
 #: What compute_v1's REST transport raises for a body that is not the expected JSON
 #: (google.protobuf ships no type stubs, hence the lookup).
 ParseError: type[Exception] = importlib.import_module("google.protobuf.json_format").ParseError
 
-
 # --------------------------------------------------------------------------- helpers
-
-
-def model_words(name: str) -> frozenset[str]:
-    """The words that identify a GPU model in any of GCP's spellings, vendor words dropped:
-    `nvidia-h100-mega-80gb`, "Nvidia H100 80GB Mega" and `NVIDIA_H100_MEGA` (a quota metric
-    without `_GPUS`) → {h100, mega, 80gb}; "Virtual Workstation" → vws."""
-    text = re.sub(r"virtual[\s_-]+workstation", "vws", name.lower())
-    words = re.split(r"[^a-z0-9]+", text)
-    return frozenset(_WORD_ALIASES.get(w, w) for w in words if w and w not in _VENDOR_WORDS)
-
-
-def _without_memory(words: frozenset[str]) -> frozenset[str]:
-    return frozenset(w for w in words if not _MEMORY_WORD.match(w))
-
-
-def region_of_zone(zone: str) -> str:
-    """`us-central1-a` → `us-central1` (GCP zone names are the region plus `-<letter>`)."""
-    return zone.rsplit("-", 1)[0]
 
 
 def _zone_of_scope(scope: str) -> str | None:
@@ -254,185 +176,12 @@ def _zone_of_scope(scope: str) -> str | None:
     return name if kind == "zones" and name else None
 
 
-def unit_price(money: Mapping[str, Any]) -> Decimal:
-    """`Money {units (int64 as string), nanos}` → Decimal USD.
-
-    Raises:
-        ValueError: not numbers, or a currency other than USD.
-    """
-    currency = money.get("currencyCode", "USD")
-    if currency != "USD":
-        raise ValueError(f"currency {currency!r}")
-    try:
-        units = Decimal(int(str(money.get("units", "0") or "0")))
-        nanos = Decimal(int(money.get("nanos", 0) or 0))
-    except (TypeError, ValueError, InvalidOperation) as exc:
-        raise ValueError(f"unitPrice {dict(money)!r}") from exc
-    return units + nanos / Decimal(10**9)
-
-
-# --------------------------------------------------------------------------- price book
-
-
-@dataclass(frozen=True, slots=True)
-class SkuPrice:
-    """One SKU's current price for one component, USD per usage unit."""
-
-    sku_id: str
-    price: Decimal
-    description: str
-    #: For "(N gpu slice)" SKUs: GPUs per unit (the price covers the whole machine share).
-    slice_gpus: int | None = None
-
-
-Component = tuple[str, frozenset[str] | str]  # ("gpu", model words) | ("core"|"ram", family)
-
-
-class Ambiguous(Exception):
-    """Two SKUs price one component differently: no offer rather than a guess."""
-
-
-@dataclass
-class PriceBook:
-    """The Compute Engine SKUs that price GPU VMs, by (component, region, market)."""
-
-    entries: dict[tuple[Component, str, Market], dict[Decimal, SkuPrice]] = field(
-        default_factory=dict
-    )
-    skus_read: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    notes: list[str] = field(default_factory=list)
-
-    def add_page(self, skus: Iterable[Any]) -> None:
-        for sku in skus:
-            self.skus_read += 1
-            try:
-                self._add(sku)
-            except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-                self.skipped["bad_sku"] += 1
-                if len(self.notes) < MAX_NOTES:
-                    sku_id = sku.get("skuId") if isinstance(sku, dict) else None
-                    self.notes.append(f"billing sku {sku_id}: unreadable ({exc})")
-
-    def _add(self, sku: Mapping[str, Any]) -> None:
-        category = sku.get("category") or {}
-        if category.get("resourceFamily") != "Compute":
-            return
-        market = _USAGE_MARKET.get(category.get("usageType", ""))
-        if market is None:
-            return
-        description: str = sku.get("description", "")
-        lowered = description.lower()
-        if any(word in lowered for word in _EXCLUDED_SKU_WORDS):
-            return
-        component: Component
-        slice_gpus: int | None = None
-        expected_unit = "h"
-        gpu = _GPU_SKU.match(description)
-        host = None if gpu else _HOST_SKU.match(description)
-        if gpu:
-            component = ("gpu", model_words(gpu.group("name")))
-            if gpu.group("slice"):
-                slice_gpus = int(gpu.group("slice"))
-                if slice_gpus <= 0:
-                    raise ValueError(f"slice of {slice_gpus} GPUs")
-        elif host:
-            kind = host.group("kind").lower()
-            component = (kind, host.group("family").lower())
-            expected_unit = "GiBy.h" if kind == "ram" else "h"
-        else:
-            return
-        pricing = sku["pricingInfo"][-1]["pricingExpression"]
-        if pricing.get("usageUnit") != expected_unit:
-            raise ValueError(f"usageUnit {pricing.get('usageUnit')!r}, expected {expected_unit}")
-        tiers = sorted(pricing["tieredRates"], key=lambda t: float(t.get("startUsageAmount", 0)))
-        price = unit_price(tiers[0]["unitPrice"])
-        if price <= 0:
-            self.skipped["zero_price_sku"] += 1
-            return
-        entry = SkuPrice(str(sku["skuId"]), price, description, slice_gpus)
-        for region in sku.get("serviceRegions") or ():
-            self.entries.setdefault((component, str(region), market), {})[price] = entry
-
-    def get(self, component: Component, region: str, market: Market) -> SkuPrice | None:
-        """The one price of `component` in `region` and `market`, None when unpriced.
-
-        Raises:
-            Ambiguous: SKUs with different prices match.
-        """
-        found = self.entries.get((component, region, market))
-        if not found:
-            return None
-        if len(found) > 1:
-            ids = ", ".join(f"{p.sku_id}={p.price}" for p in found.values())
-            raise Ambiguous(f"{component[0]} {_label(component)} in {region} {market}: {ids}")
-        return next(iter(found.values()))
-
-
-def _label(component: Component) -> str:
-    key = component[1]
-    return key if isinstance(key, str) else " ".join(sorted(key))
-
-
-# --------------------------------------------------------------------------- catalogue
-
-
-@dataclass(frozen=True, slots=True)
-class AccelType:
-    name: str
-    description: str
-    max_per_instance: int
-    deprecated: str
-
-
-@dataclass(frozen=True, slots=True)
-class MachineType:
-    name: str
-    guest_cpus: int
-    memory_mb: int
-    accelerators: tuple[tuple[str, int], ...]
-    deprecated: str
-
-
-@dataclass
-class Catalogue:
-    """What the two aggregated lists said, by zone."""
-
-    accelerators: dict[str, list[AccelType]] = field(default_factory=dict)
-    machine_types: dict[str, list[MachineType]] = field(default_factory=dict)
-    zones: set[str] = field(default_factory=set)
-    #: zone (or region) → why the aggregated list could not read it.
-    unreachable: dict[str, str] = field(default_factory=dict)
-
-    def merge(self, other: Catalogue) -> None:
-        self.accelerators.update(other.accelerators)
-        self.machine_types.update(other.machine_types)
-        self.zones |= other.zones
-        self.unreachable.update(other.unreachable)
-
-    def accelerator_names(self) -> set[str]:
-        names = {a.name for accels in self.accelerators.values() for a in accels}
-        return names | {
-            n for ms in self.machine_types.values() for m in ms for n, _ in m.accelerators
-        }
-
-    def regions(self) -> set[str]:
-        return {region_of_zone(z) for z in self.zones} | {
-            region_of_zone(z) if z.count("-") >= 2 else z for z in self.unreachable
-        }
-
-    def zones_of(self, region: str) -> list[str]:
-        return sorted(z for z in self.zones if region_of_zone(z) == region)
-
-
-_DEAD = frozenset({"OBSOLETE", "DELETED"})
-
-
 # --------------------------------------------------------------------------- errors
 
 
 def _rate_limited_403(exc: gexc.GoogleAPICallError) -> bool:
-    """Compute Engine throttles reads with HTTP 403 `rateLimitExceeded` (PROVIDERS.md §2.8)."""
+    """Compute Engine throttles with HTTP 403 `rateLimitExceeded` (cloud.google.com/compute/
+    api-quota: "If your project exceeds a rate quota, you receive a 403 error")."""
     reasons = {e.get("reason") for e in exc.errors if isinstance(e, dict)}
     reasons.add(exc.reason)
     return bool(reasons & {"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"})
@@ -826,12 +575,12 @@ class Gcp:
                 f"gcp {region}: region not in broker/data/regions.csv, country unknown"
                 + (f" (near: {', '.join(near)})" if near else "")
             )
-        builder = _OfferBuilder(region, where, availability, book, out, self.settings)
+        builder = OfferBuilder(region, where, availability, book, out, self.settings)
         for zone in zones:
             builder.zone(
                 zone, catalogue.accelerators.get(zone, []), catalogue.machine_types.get(zone, [])
             )
-        out.quotas = _quotas(
+        out.quotas = region_quotas(
             region, info, builder.types_by_accelerator, catalogue.accelerator_names()
         )
         if info.quota_status_warning.code:
@@ -839,239 +588,3 @@ class Gcp:
                 f"gcp {region}: quotas not reported ({info.quota_status_warning.code})"
             )
         return out
-
-
-# --------------------------------------------------------------------------- offers
-
-
-@dataclass
-class _OfferBuilder:
-    region: str
-    where: regions.RegionInfo | None
-    availability: Availability
-    book: PriceBook
-    out: ScopeOffers
-    settings: GcpSettings
-    #: accelerator type name → instance types of this region that carry it (for quotas).
-    types_by_accelerator: dict[str, set[str]] = field(default_factory=dict)
-
-    def skip(self, reason: str, note: str | None = None) -> None:
-        self.out.skipped[reason] += 1
-        if note and len(self.out.notes) < MAX_NOTES:
-            self.out.notes.append(f"gcp {self.region}: {note}")
-
-    def zone(self, zone: str, accels: list[AccelType], machines: list[MachineType]) -> None:
-        carried = {name for m in machines for name, _ in m.accelerators}
-        for m in machines:
-            if m.deprecated in _DEAD:
-                self.skip("deprecated")
-                continue
-            if len(m.accelerators) != 1:
-                self.skip("mixed_accelerators", f"{zone} {m.name}: {m.accelerators}")
-                continue
-            accel, count = m.accelerators[0]
-            self.types_by_accelerator.setdefault(accel, set()).add(m.name)
-            self.machine(zone, m, accel, count)
-        for a in accels:
-            if a.name in carried:
-                continue
-            if a.deprecated in _DEAD:
-                self.skip("deprecated")
-                continue
-            if a.name not in N1_ATTACHABLE:
-                self.skip("no_machine_type", f"{zone} {a.name}: no polled machine type carries it")
-                continue
-            if not self.settings.attachable_gpus:
-                continue
-            self.types_by_accelerator.setdefault(a.name, set()).add(a.name)
-            self.attachable(zone, a)
-
-    def _model(self, accel: str, instance_type: str) -> gpus.GpuModel | None:
-        model = gpus.normalise(accel, provider=NAME, instance_type=instance_type)
-        if model is None:
-            self.skip("unknown_gpu", f"{accel} ({instance_type}) not in the GPU catalogue")
-        return model
-
-    def _price(
-        self, parts: list[tuple[str, Component, Decimal]], market: Market, label: str
-    ) -> tuple[Decimal, dict[str, str]] | None:
-        """Σ unit price × quantity over the parts, or None (skipped and counted)."""
-        total = Decimal(0)
-        used: dict[str, str] = {}
-        for part, component, quantity in parts:
-            try:
-                sku = self.book.get(component, self.region, market)
-            except Ambiguous as exc:
-                self.skip("ambiguous_price", f"{label}: {exc}")
-                return None
-            if sku is None:
-                self.skip(f"no_price:{market}", f"{label}: no {market} {part} SKU")
-                return None
-            if part == "gpu" and sku.slice_gpus:
-                # A slice SKU prices the whole machine share: no core/RAM parts follow.
-                total += sku.price / sku.slice_gpus * quantity
-                used["gpu_slice"] = f"{sku.sku_id}={sku.price}/{sku.slice_gpus}"
-                return total, used
-            total += sku.price * quantity
-            used[part] = f"{sku.sku_id}={sku.price}"
-        return total, used
-
-    def machine(self, zone: str, m: MachineType, accel: str, count: int) -> None:
-        model = self._model(accel, m.name)
-        if model is None:
-            return
-        family = m.name.split("-", 1)[0]
-        memory_gib = Decimal(m.memory_mb) / 1024
-        parts: list[tuple[str, Component, Decimal]] = [
-            ("gpu", ("gpu", model_words(accel)), Decimal(count)),
-            ("core", ("core", family), Decimal(m.guest_cpus)),
-            ("ram", ("ram", family), memory_gib),
-        ]
-        for market in _USAGE_MARKET.values():
-            priced = self._price(parts, market, f"{zone} {m.name}")
-            if priced is None:
-                continue
-            total, used = priced
-            raw = {
-                "machine_type": m.name,
-                "accelerator_type": accel,
-                "guest_accelerator_count": count,
-                "guest_cpus": m.guest_cpus,
-                "memory_mb": m.memory_mb,
-                "skus": used,
-            }
-            if m.deprecated:
-                raw["deprecated"] = m.deprecated
-            self.offer(
-                zone,
-                m.name,
-                market,
-                model,
-                Decimal(count),
-                total,
-                raw,
-                vcpus=Decimal(m.guest_cpus),
-                memory_gb=memory_gib,
-            )
-
-    def attachable(self, zone: str, a: AccelType) -> None:
-        model = self._model(a.name, a.name)
-        if model is None:
-            return
-        parts: list[tuple[str, Component, Decimal]] = [
-            ("gpu", ("gpu", model_words(a.name)), Decimal(1))
-        ]
-        for market in _USAGE_MARKET.values():
-            priced = self._price(parts, market, f"{zone} {a.name}")
-            if priced is None:
-                continue
-            total, used = priced
-            raw: dict[str, Any] = {
-                "accelerator_type": a.name,
-                "description": a.description,
-                "pricing": "gpu_only",
-                "host": "any N1 machine type, billed separately (not included)",
-                "max_per_instance": a.max_per_instance,
-                "skus": used,
-            }
-            self.offer(
-                zone, a.name, market, model, Decimal(1), total, raw, vcpus=None, memory_gb=None
-            )
-
-    def offer(
-        self,
-        zone: str,
-        instance_type: str,
-        market: Market,
-        model: gpus.GpuModel,
-        count: Decimal,
-        total: Decimal,
-        raw: dict[str, Any],
-        *,
-        vcpus: Decimal | None,
-        memory_gb: Decimal | None,
-    ) -> None:
-        price = to_price(total)
-        if price <= 0:
-            self.skip(f"zero_price:{market}")
-            return
-        self.out.offers.append(
-            Offer(
-                provider=NAME,
-                region=self.region,
-                zone=zone,
-                instance_type=instance_type,
-                market=market,
-                **model_fields(model),
-                gpu_count=to_count(count),
-                gpu_memory_gb=Decimal(model.memory_gb) if model.memory_gb is not None else None,
-                vcpus=vcpus,
-                memory_gb=memory_gb,
-                **place_fields(self.where),
-                price_per_hour=price,
-                availability=self.availability,
-                raw=raw,
-            )
-        )
-
-
-# --------------------------------------------------------------------------- quotas
-
-
-def quota_accelerator(gpu: str, accelerator_names: Iterable[str]) -> str | None:
-    """The accelerator type a quota metric's GPU part names (`NVIDIA_H100` → nvidia-h100-80gb).
-
-    Same model words first; else the same words once memory words are dropped from the type
-    name, if exactly one type matches and `broker.gpus` maps both to the same model (so
-    `NVIDIA_A100`, the 40 GB quota, never lands on nvidia-a100-80gb).
-    """
-    words = model_words(gpu)
-    names = sorted(accelerator_names)
-    for name in names:
-        if model_words(name) == words:
-            return name
-    model = gpus.normalise(gpu, provider=NAME)
-    loose = [
-        name
-        for name in names
-        if _without_memory(model_words(name)) == words
-        and model is not None
-        and gpus.normalise(name, provider=NAME) == model
-    ]
-    return loose[0] if len(loose) == 1 else None
-
-
-def _quotas(
-    region: str,
-    info: Any,
-    types_by_accelerator: Mapping[str, set[str]],
-    accelerator_names: Iterable[str],
-) -> list[Quota]:
-    """The region's `*_GPUS` quotas, each tied to the instance types using that GPU here."""
-    names = list(accelerator_names)
-    out: list[Quota] = []
-    for q in info.quotas:
-        metric = str(q.metric)
-        if not metric.endswith("_GPUS") or metric == "GPUS_ALL_REGIONS":
-            continue
-        market = Market.ON_DEMAND
-        gpu = metric[: -len("_GPUS")]
-        for prefix, prefix_market in _QUOTA_PREFIX_MARKET:
-            if gpu.startswith(prefix):
-                gpu, market = gpu[len(prefix) :], prefix_market
-                break
-        accel = quota_accelerator(gpu, names)
-        out.append(
-            Quota(
-                provider=NAME,
-                region=region,
-                name=metric,
-                unit="gpus",
-                limit=Decimal(str(q.limit)),
-                usage=Decimal(str(q.usage)),
-                market=market,
-                instance_types=frozenset(types_by_accelerator.get(accel, ()) if accel else ()),
-                description=f"accelerator type {accel}" if accel else None,
-            )
-        )
-    return out

@@ -377,7 +377,9 @@ ND_H100 = "Standard_ND96isr_H100_v5"
 NC_H100 = "Standard_NC40ads_H100_v5"
 NC_A100 = "Standard_NC24ads_A100_v4"
 NV_A10 = "Standard_NV6ads_A10_v5"
+NV_A10_WHOLE = "Standard_NV36ads_A10_v5"
 ND_GB200 = "Standard_ND128isr_NDR_GB200_v6"
+NC_K80 = "Standard_NC6"
 NC_T4 = "Standard_NC8as_T4_v3"
 D4 = "Standard_D4s_v5"
 
@@ -400,7 +402,11 @@ PRICES: dict[str, float] = {
     "nc_a100_us_spot": 0.7346,
     "nc_a100_nl": 4.1,
     "nv_a10_us": 0.454,
+    # NV6ads / NV36ads A10 v5 in eastus as the market data set has them (2026-05-20 azure.csv).
+    "nv_a10_whole_us": 3.2,
     "gb200_us": 108.0,
+    # Standard_NC6 in eastus, SkyPilot's Azure catalog (market data set, 2022-12-31 azure.csv).
+    "nc_k80_us": 0.9,
     "d4_us": 0.192,
     "d4_nl": 0.21,
 }
@@ -444,14 +450,24 @@ def sample_catalogue() -> AzureCatalogue:
         ),
         vm_sku(NV_A10, US, family="StandardNVADSA10v5Family", gpus="1", vcpus=6, memory_gb="55"),
         vm_sku(
+            NV_A10_WHOLE, US, family="StandardNVADSA10v5Family", gpus="1", vcpus=36, memory_gb="440"
+        ),
+        # No `GPUs` capability at all, as ARM lists ND GB200 v6 (SkyPilot fetch_azure.py,
+        # AZURE_MISSING_GPU_COUNT, from `az vm list-skus --all`; the family name is the one its
+        # FAMILY_NAME_TO_SKYPILOT_GPU_NAME maps). An entry without `GPUs` is the shape of the
+        # spec's own example (Azure/azure-rest-api-specs, specification/compute/resource-manager/
+        # Microsoft.Compute/Skus/stable/2021-07-01/examples/skus/ListAvailableResourceSkus.json).
+        vm_sku(
             ND_GB200,
             US,
-            family="standardNDGB200v6Family",
-            gpus="4",
+            family="standardNDISRGB200V6NDRFamily",
             vcpus=128,
             memory_gb="900",
             rdma=True,
         ),
+        # A retired size still listed (NC-series, K80, retired 2023-09-06): 6 vCPUs, 56 GiB,
+        # 1 GPU (MicrosoftDocs/azure-docs nc-series specs); family as SkyPilot's fetcher maps it.
+        vm_sku(NC_K80, US, family="standardNCFamily", gpus="1", vcpus=6, memory_gb="56"),
         vm_sku(NC_T4, US, family="standardNCASv3_T4Family", gpus="1", vcpus=8, memory_gb="56"),
         vm_sku(D4, NL, family="standardDSv5Family", vcpus=4, memory_gb="16", zones=["1", "2"]),
         vm_sku(
@@ -487,7 +503,9 @@ def sample_catalogue() -> AzureCatalogue:
         price(NC_A100, US, p["nc_a100_us"]),
         price(NC_A100, US, p["nc_a100_us_spot"], spot=True),
         price(NV_A10, US, p["nv_a10_us"]),
+        price(NV_A10_WHOLE, US, p["nv_a10_whole_us"]),
         price(ND_GB200, US, p["gb200_us"]),
+        price(NC_K80, US, p["nc_k80_us"]),
     ]
     nl_prices = [
         price(D4, NL, p["d4_nl"]),
@@ -519,8 +537,9 @@ def sample_catalogue() -> AzureCatalogue:
 # ------------------------------------------------------------------ a full-size market
 
 
-#: GPU sizes a large location offers: (name, family, GPUs, vCPUs, MemoryGB, on-demand $/h).
-LARGE_GPU_SIZES: tuple[tuple[str, str, str, int, str, float], ...] = (
+#: GPU sizes a large location offers: (name, family, GPUs, vCPUs, MemoryGB, on-demand $/h);
+#: GPUs None = no `GPUs` capability (ND GB200 v6, as in `sample_catalogue`).
+LARGE_GPU_SIZES: tuple[tuple[str, str, str | None, int, str, float], ...] = (
     ("Standard_ND96isr_H100_v5", "standardNDSH100v5Family", "8", 96, "1900", 98.32),
     ("Standard_ND96is_H100_v5", "standardNDSH100v5Family", "8", 96, "1900", 88.49),
     ("Standard_ND96isr_H200_v5", "standardNDSH200v5Family", "8", 96, "1850", 110.0),
@@ -551,7 +570,7 @@ LARGE_GPU_SIZES: tuple[tuple[str, str, str, int, str, float], ...] = (
     ("Standard_NC8ads_A10_v4", "StandardNCADSA10v4Family", "1", 8, "100", 0.95),
     ("Standard_NC16ads_A10_v4", "StandardNCADSA10v4Family", "1", 16, "200", 1.9),
     ("Standard_NC32ads_A10_v4", "StandardNCADSA10v4Family", "2", 32, "400", 3.8),
-    ("Standard_ND128isr_NDR_GB200_v6", "standardNDGB200v6Family", "4", 128, "900", 108.0),
+    ("Standard_ND128isr_NDR_GB200_v6", "standardNDISRGB200V6NDRFamily", None, 128, "900", 108.0),
 )
 
 

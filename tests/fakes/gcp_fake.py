@@ -1,7 +1,9 @@
 """A fake of the Compute Engine and Cloud Billing Catalog REST APIs, on `FakeHttpServer`.
 
-Serves JSON shaped as PROVIDERS.md §2 documents it, at the paths the real `compute_v1` REST
-transport and the billing catalogue use:
+Serves JSON shaped as Google's REST references document it (cloud.google.com/compute/docs/
+reference/rest/v1: acceleratorTypes, machineTypes, regions; cloud.google.com/billing/docs/
+reference/rest/v1/services.skus/list), at the paths the real `compute_v1` REST transport and
+the billing catalogue use:
 
     GET /compute/v1/projects/{p}/aggregated/acceleratorTypes   (maxResults, pageToken)
     GET /compute/v1/projects/{p}/aggregated/machineTypes       (+ filter: `name eq "RE2"`)
@@ -314,10 +316,12 @@ class GcpFake:
 
 # ------------------------------------------------------------------ the test catalogue
 
-#: SKU unit prices of the test catalogue, (units, nanos), USD per hour (RAM: per GiB-hour).
-#: Illustrative figures in the range of GCP's published rates (GPU rows from the anycloud
-#: snapshot of 2026-05: 8x H100 = 33.60609 in us-central1, 101.88413 in europe-west4;
-#: a2-highgpu-1g host = 12 x 0.031611 + 85 x 0.004237).
+#: SKU unit prices of the test catalogue, (units, nanos), USD per hour (RAM: per GiB-hour;
+#: Local SSD: per GiB-month, as GCP prices it). Illustrative figures in the range of GCP's
+#: published rates (GPU rows from the anycloud snapshot of 2026-05: 8x H100 = 33.60609 in
+#: us-central1, 101.88413 in europe-west4; a2-highgpu-1g host = 12 x 0.031611 + 85 x
+#: 0.004237); the rows added for A3 Mega/Ultra, A4 spot, G4 and Local SSD are made up, chosen
+#: only to differ from each other so that a wrong SKU shows in the sum.
 PRICES: dict[str, tuple[str, int]] = {
     "h100_us": ("4", 200761250),
     "h100_us_spot": ("2", 253500000),
@@ -332,8 +336,17 @@ PRICES: dict[str, tuple[str, int]] = {
     "a3_ram_nl": ("0", 2654000),
     "a3_core_nl_spot": ("0", 10457000),
     "a3_ram_nl_spot": ("0", 1062000),
+    "a3plus_core_us": ("0", 26924000),
+    "a3plus_ram_us": ("0", 2344000),
+    "h200_us": ("5", 290000000),
+    "h200_us_spot": ("2", 116000000),
+    "a3ultra_core_us": ("0", 30100000),
+    "a3ultra_ram_us": ("0", 3020000),
+    "a3ultra_core_us_spot": ("0", 12040000),
+    "a3ultra_ram_us_spot": ("0", 1208000),
     "a100_us": ("2", 933908000),
     "a100_us_spot": ("1", 173560000),
+    "a100_80gb_us": ("3", 928080000),
     "a2_core_us": ("0", 31611000),
     "a2_ram_us": ("0", 4237000),
     "a2_core_us_spot": ("0", 12644000),
@@ -341,7 +354,18 @@ PRICES: dict[str, tuple[str, int]] = {
     "l4_us": ("0", 559900000),
     "g2_core_us": ("0", 22306000),
     "g2_ram_us": ("0", 2612000),
+    "rtx6000_us": ("2", 100000000),
+    "rtx6000_us_spot": ("0", 840000000),
+    "g4_core_us": ("0", 26000000),
+    "g4_ram_us": ("0", 3000000),
+    "g4_core_us_spot": ("0", 10400000),
+    "g4_ram_us_spot": ("0", 1200000),
     "b200_slice_us": ("8", 55000000),
+    "b200_slice_us_spot": ("3", 222000000),
+    "lssd_us": ("0", 80000000),
+    "lssd_us_spot": ("0", 48000000),
+    "lssd_nl": ("0", 88000000),
+    "lssd_nl_spot": ("0", 52800000),
     "t4_us": ("0", 350000000),
     "t4_us_spot": ("0", 140000000),
     "t4_nl": ("0", 410000000),
@@ -353,13 +377,20 @@ EMPTY = "me-west1"  # a region whose zones have no GPU at all
 US_ZONES = [f"{US}-a", f"{US}-b", f"{US}-c", f"{US}-f"]
 NL_ZONES = [f"{NL}-a", f"{NL}-b", f"{NL}-c"]
 EMPTY_ZONES = [f"{EMPTY}-a", f"{EMPTY}-b", f"{EMPTY}-c"]
+AMERICAS = [US, "us-east4", "us-west1"]
 
+#: (name, vCPUs, memoryMb, built-in accelerator) of the sample's machine types. Shapes from
+#: GCP's accelerator-optimised machine tables (cloud.google.com/compute/docs/accelerator-
+#: optimized-machines); g4-standard-48 as gpuhunt lists it (dstackai/gpuhunt
+#: src/gpuhunt/providers/gcp.py, 48 vCPUs, 180 GB, 1 RTX PRO 6000).
 A3_HIGH_8G = ("a3-highgpu-8g", 208, 1916928, ("nvidia-h100-80gb", 8))
 A3_HIGH_1G = ("a3-highgpu-1g", 26, 239616, ("nvidia-h100-80gb", 1))
 A3_MEGA_8G = ("a3-megagpu-8g", 208, 1916928, ("nvidia-h100-mega-80gb", 8))
+A3_ULTRA_8G = ("a3-ultragpu-8g", 224, 3022848, ("nvidia-h200-141gb", 8))
 A2_HIGH_1G = ("a2-highgpu-1g", 12, 87040, ("nvidia-tesla-a100", 1))
 A2_ULTRA_1G = ("a2-ultragpu-1g", 12, 174080, ("nvidia-a100-80gb", 1))
 G2_STD_4 = ("g2-standard-4", 4, 16384, ("nvidia-l4", 1))
+G4_STD_48 = ("g4-standard-48", 48, 184320, ("nvidia-rtx-pro-6000", 1))
 A4_HIGH_8G = ("a4-highgpu-8g", 224, 4063232, ("nvidia-b200", 8))
 N1_STD_4 = ("n1-standard-4", 4, 15360, None)
 N2_STD_8 = ("n2-standard-8", 8, 32768, None)
@@ -367,20 +398,170 @@ N2_STD_8 = ("n2-standard-8", 8, 32768, None)
 ACCELERATOR_DESCRIPTIONS = {
     "nvidia-h100-80gb": ("NVIDIA H100 80GB", 8),
     "nvidia-h100-mega-80gb": ("NVIDIA H100 80GB MEGA", 8),
+    "nvidia-h200-141gb": ("NVIDIA H200 141GB", 8),
     "nvidia-tesla-a100": ("NVIDIA A100 40GB", 16),
     "nvidia-a100-80gb": ("NVIDIA A100 80GB", 8),
     "nvidia-l4": ("NVIDIA L4", 8),
     "nvidia-l4-vws": ("NVIDIA L4 Virtual Workstation", 8),
+    "nvidia-rtx-pro-6000": ("NVIDIA RTX PRO 6000", 8),
     "nvidia-b200": ("NVIDIA B200", 8),
     "nvidia-tesla-t4": ("NVIDIA T4", 4),
     "nvidia-tesla-v100": ("NVIDIA V100", 8),
 }
 
 
+#: Where a SKU of the sample applies, by the short name `SAMPLE_SKUS` uses.
+_WHERE = {"americas": AMERICAS, "nl": [NL]}
+
+#: The sample's SKUs, two lines each: `<skuId> <resourceGroup> <usageType> <where> <PRICES
+#: key>`, then the description in GCP's wording. Resource groups LocalSSD and PDStandard are
+#: in resource family Storage, priced per GiB-month; RAM per GiB-hour; the rest per hour. The
+#: last four are decoys the adapter must not use (a commitment, another family, sole tenancy,
+#: persistent disk). Where each wording comes from:
+#: - "<GPU> GPU running in ...", "Spot Preemptible <GPU> GPU ...", "<GPU> GPU attached to Spot
+#:   Preemptible VMs ...", "<Family> Instance Core/Ram ...": Cyclenerd/google-cloud-pricing-
+#:   cost-calculator build/mapping.csv (gce.compute.gpu.*, gce.compute.cpu.*/ram.*);
+#: - "A3Plus Instance Core/Ram" (A3 Mega): dstackai/gpuhunt src/gpuhunt/providers/gcp.py
+#:   (`"A3Plus Instance": "a3-megagpu"`); "A3Ultra Instance Core/Ram": cloudpilot-ai/
+#:   karpenter-provider-gcp pkg/providers/pricing/instanceprice/families.go;
+#: - "H200 141GB GPU" (no vendor): skypilot-org/skypilot sky/catalog/data_fetchers/
+#:   fetch_gcp.py (`gpu_names = ['H200 141GB GPU']`) and families.go `gpuSKUPrefixes`;
+#: - "A4 Nvidia B200 (1 gpu slice)", "Spot Preemptible A4 Nvidia B200 (1 gpu slice)" with
+#:   usageType OnDemand: gpuhunt `add_compute_gpu_slice_sku`, SkyPilot `get_gpu_df` ("some
+#:   B200 spot SKUs have usageType='OnDemand' but the description contains 'Spot
+#:   Preemptible'");
+#: - "RTX 6000 96GB running in ..." / "RTX 6000 96GB attached to Spot ...", "G4 Instance
+#:   Core/Ram", "Spot Preemptible G4 Instance ...": mapping.csv (gce.compute.gpu.rtx6000,
+#:   gce.compute.cpu.g4[.spot]); gpuhunt `add_compute_sku` ("RTX 6000 96GB");
+#: - "SSD backed Local Storage[ in <place>]" and "... attached to Spot Preemptible VMs",
+#:   resource family Storage, group LocalSSD, per GiB-month: mapping.csv
+#:   (gce.storage.ssd.local[.spot]); gpuhunt `add_storage_sku` (price / 730 hours).
+SAMPLE_SKUS = """
+0A1B-H100-0001 GPU OnDemand americas h100_us
+    Nvidia H100 80GB GPU running in Americas
+0A1B-H100-0002 GPU Preemptible americas h100_us_spot
+    Spot Preemptible Nvidia H100 80GB GPU running in Americas
+0A1B-H100-0003 GPU OnDemand nl h100_nl
+    Nvidia H100 80GB GPU running in Netherlands
+0A1B-H100-0004 GPU Preemptible nl h100_nl_spot
+    Spot Preemptible Nvidia H100 80GB GPU running in Netherlands
+0A1B-H1MG-0001 GPU OnDemand americas h100_mega_us
+    Nvidia H100 80GB Mega GPU running in Americas
+0A1B-A3CR-0001 CPU OnDemand americas a3_core_us
+    A3 Instance Core running in Americas
+0A1B-A3RM-0001 RAM OnDemand americas a3_ram_us
+    A3 Instance Ram running in Americas
+0A1B-A3CR-0002 CPU Preemptible americas a3_core_us_spot
+    Spot Preemptible A3 Instance Core running in Americas
+0A1B-A3RM-0002 RAM Preemptible americas a3_ram_us_spot
+    Spot Preemptible A3 Instance Ram running in Americas
+0A1B-A3CR-0003 CPU OnDemand nl a3_core_nl
+    A3 Instance Core running in Netherlands
+0A1B-A3RM-0003 RAM OnDemand nl a3_ram_nl
+    A3 Instance Ram running in Netherlands
+0A1B-A3CR-0004 CPU Preemptible nl a3_core_nl_spot
+    Spot Preemptible A3 Instance Core running in Netherlands
+0A1B-A3RM-0004 RAM Preemptible nl a3_ram_nl_spot
+    Spot Preemptible A3 Instance Ram running in Netherlands
+0A1B-A3PC-0001 CPU OnDemand americas a3plus_core_us
+    A3Plus Instance Core running in Americas
+0A1B-A3PR-0001 RAM OnDemand americas a3plus_ram_us
+    A3Plus Instance Ram running in Americas
+0A1B-H200-0001 GPU OnDemand americas h200_us
+    H200 141GB GPU running in Americas
+0A1B-H200-0002 GPU Preemptible americas h200_us_spot
+    H200 141GB GPU attached to Spot Preemptible VMs running in Americas
+0A1B-A3UC-0001 CPU OnDemand americas a3ultra_core_us
+    A3Ultra Instance Core running in Americas
+0A1B-A3UR-0001 RAM OnDemand americas a3ultra_ram_us
+    A3Ultra Instance Ram running in Americas
+0A1B-A3UC-0002 CPU Preemptible americas a3ultra_core_us_spot
+    Spot Preemptible A3Ultra Instance Core running in Americas
+0A1B-A3UR-0002 RAM Preemptible americas a3ultra_ram_us_spot
+    Spot Preemptible A3Ultra Instance Ram running in Americas
+0A1B-A100-0001 GPU OnDemand americas a100_us
+    Nvidia Tesla A100 GPU running in Americas
+0A1B-A100-0002 GPU Preemptible americas a100_us_spot
+    Spot Preemptible Nvidia Tesla A100 GPU running in Americas
+0A1B-A180-0001 GPU OnDemand americas a100_80gb_us
+    Nvidia Tesla A100 80GB GPU running in Americas
+0A1B-A2CR-0001 CPU OnDemand americas a2_core_us
+    A2 Instance Core running in Americas
+0A1B-A2RM-0001 RAM OnDemand americas a2_ram_us
+    A2 Instance Ram running in Americas
+0A1B-A2CR-0002 CPU Preemptible americas a2_core_us_spot
+    Spot Preemptible A2 Instance Core running in Americas
+0A1B-A2RM-0002 RAM Preemptible americas a2_ram_us_spot
+    Spot Preemptible A2 Instance Ram running in Americas
+0A1B-L4GP-0001 GPU OnDemand americas l4_us
+    Nvidia L4 GPU running in Americas
+0A1B-G2CR-0001 CPU OnDemand americas g2_core_us
+    G2 Instance Core running in Americas
+0A1B-G2RM-0001 RAM OnDemand americas g2_ram_us
+    G2 Instance Ram running in Americas
+0A1B-RTX6-0001 GPU OnDemand americas rtx6000_us
+    RTX 6000 96GB running in Americas
+0A1B-RTX6-0002 GPU Preemptible americas rtx6000_us_spot
+    RTX 6000 96GB attached to Spot Preemptible VMs running in Americas
+0A1B-G4CR-0001 CPU OnDemand americas g4_core_us
+    G4 Instance Core running in Americas
+0A1B-G4RM-0001 RAM OnDemand americas g4_ram_us
+    G4 Instance Ram running in Americas
+0A1B-G4CR-0002 CPU Preemptible americas g4_core_us_spot
+    Spot Preemptible G4 Instance Core running in Americas
+0A1B-G4RM-0002 RAM Preemptible americas g4_ram_us_spot
+    Spot Preemptible G4 Instance Ram running in Americas
+0A1B-B200-0001 GPU OnDemand americas b200_slice_us
+    A4 Nvidia B200 (1 gpu slice) running in Americas
+0A1B-B200-0002 GPU OnDemand americas b200_slice_us_spot
+    Spot Preemptible A4 Nvidia B200 (1 gpu slice) running in Americas
+0A1B-LSSD-0001 LocalSSD OnDemand americas lssd_us
+    SSD backed Local Storage
+0A1B-LSSD-0002 LocalSSD Preemptible americas lssd_us_spot
+    SSD backed Local Storage attached to Spot Preemptible VMs
+0A1B-LSSD-0003 LocalSSD OnDemand nl lssd_nl
+    SSD backed Local Storage in Netherlands
+0A1B-LSSD-0004 LocalSSD Preemptible nl lssd_nl_spot
+    SSD backed Local Storage attached to Spot Preemptible VMs in Netherlands
+0A1B-T4GP-0001 GPU OnDemand americas t4_us
+    Nvidia Tesla T4 GPU running in Americas
+0A1B-T4GP-0002 GPU Preemptible americas t4_us_spot
+    Nvidia Tesla T4 GPU attached to Spot Preemptible VMs running in Americas
+0A1B-T4GP-0003 GPU OnDemand nl t4_nl
+    Nvidia Tesla T4 GPU running in Netherlands
+0A1B-H100-0009 GPU Commit1Yr americas h100_us_spot
+    Commitment v1: Nvidia H100 80GB GPU in Americas for 1 Year
+0A1B-N1CR-0001 N1Standard OnDemand americas a3_core_us
+    N1 Predefined Instance Core running in Americas
+0A1B-A3CR-0009 CPU OnDemand americas a2_core_us
+    A3 Instance Core running on Sole Tenancy in Americas
+0A1B-PDST-0001 PDStandard OnDemand americas lssd_us
+    Storage PD Capacity
+"""
+
+
+def sample_skus(table: str = SAMPLE_SKUS) -> list[Any]:
+    """The wire form of the SKUs of a `SAMPLE_SKUS`-shaped table."""
+    lines = [line for line in table.splitlines() if line.strip()]
+    out: list[Any] = []
+    for head, description in zip(lines[::2], lines[1::2], strict=True):
+        sku_id, group, usage, where, key = head.split()
+        storage = group in ("LocalSSD", "PDStandard")
+        unit = "GiBy.mo" if storage else "GiBy.h" if group == "RAM" else "h"
+        units, nanos = PRICES[key]
+        family = "Storage" if storage else "Compute"
+        out.append(
+            sku(
+                sku_id, description.strip(), group, usage, _WHERE[where], units, nanos, unit, family
+            )
+        )
+    return out
+
+
 def sample_catalogue(project: str = "broker-test") -> GcpCatalogue:
-    """A small, realistic catalogue: us-central1 (A3 high/mega, A2, G2, A4, T4, V100 without a
-    price, L4 vWS unknown to the GPU catalogue), europe-west4 (A3 high, A2 ultra without
-    prices, T4) and me-west1 (no GPUs)."""
+    """A small, realistic catalogue: us-central1 (A3 high/mega/ultra, A2 high/ultra, G2, G4,
+    A4, T4, V100 without a price, L4 vWS unknown to the GPU catalogue), europe-west4 (A3 high,
+    A2 ultra without prices, T4) and me-west1 (no GPUs)."""
     cat = GcpCatalogue(project=project, zones=US_ZONES + NL_ZONES + EMPTY_ZONES)
 
     def accels(zone: str, *names: str) -> None:
@@ -395,9 +576,12 @@ def sample_catalogue(project: str = "broker-test") -> GcpCatalogue:
         f"{US}-a",
         "nvidia-h100-80gb",
         "nvidia-h100-mega-80gb",
+        "nvidia-h200-141gb",
         "nvidia-tesla-a100",
+        "nvidia-a100-80gb",
         "nvidia-l4",
         "nvidia-l4-vws",
+        "nvidia-rtx-pro-6000",
         "nvidia-b200",
         "nvidia-tesla-t4",
         "nvidia-tesla-v100",
@@ -407,8 +591,11 @@ def sample_catalogue(project: str = "broker-test") -> GcpCatalogue:
         A3_HIGH_8G,
         A3_HIGH_1G,
         A3_MEGA_8G,
+        A3_ULTRA_8G,
         A2_HIGH_1G,
+        A2_ULTRA_1G,
         G2_STD_4,
+        G4_STD_48,
         A4_HIGH_8G,
         N1_STD_4,
         N2_STD_8,
@@ -444,253 +631,7 @@ def sample_catalogue(project: str = "broker-test") -> GcpCatalogue:
         quotas=[("NVIDIA_H100_GPUS", 8.0, 0.0), ("PREEMPTIBLE_NVIDIA_T4_GPUS", 4.0, 2.0)],
     )
     cat.regions[EMPTY] = region(project, EMPTY, EMPTY_ZONES, quotas=[("CPUS", 24.0, 0.0)])
-
-    americas = [US, "us-east4", "us-west1"]
-    p = PRICES
-
-    def add(sid: str, desc: str, group: str, usage: str, where: list[str], key: str) -> None:
-        unit = "GiBy.h" if " Ram " in desc else "h"
-        cat.skus.append(sku(sid, desc, group, usage, where, *p[key], usage_unit=unit))
-
-    add(
-        "0A1B-H100-0001",
-        "Nvidia H100 80GB GPU running in Americas",
-        "GPU",
-        "OnDemand",
-        americas,
-        "h100_us",
-    )
-    add(
-        "0A1B-H100-0002",
-        "Spot Preemptible Nvidia H100 80GB GPU running in Americas",
-        "GPU",
-        "Preemptible",
-        americas,
-        "h100_us_spot",
-    )
-    add(
-        "0A1B-H100-0003",
-        "Nvidia H100 80GB GPU running in Netherlands",
-        "GPU",
-        "OnDemand",
-        [NL],
-        "h100_nl",
-    )
-    add(
-        "0A1B-H100-0004",
-        "Spot Preemptible Nvidia H100 80GB GPU running in Netherlands",
-        "GPU",
-        "Preemptible",
-        [NL],
-        "h100_nl_spot",
-    )
-    add(
-        "0A1B-H1MG-0001",
-        "Nvidia H100 80GB Mega GPU running in Americas",
-        "GPU",
-        "OnDemand",
-        americas,
-        "h100_mega_us",
-    )
-    add(
-        "0A1B-A3CR-0001",
-        "A3 Instance Core running in Americas",
-        "CPU",
-        "OnDemand",
-        americas,
-        "a3_core_us",
-    )
-    add(
-        "0A1B-A3RM-0001",
-        "A3 Instance Ram running in Americas",
-        "RAM",
-        "OnDemand",
-        americas,
-        "a3_ram_us",
-    )
-    add(
-        "0A1B-A3CR-0002",
-        "Spot Preemptible A3 Instance Core running in Americas",
-        "CPU",
-        "Preemptible",
-        americas,
-        "a3_core_us_spot",
-    )
-    add(
-        "0A1B-A3RM-0002",
-        "Spot Preemptible A3 Instance Ram running in Americas",
-        "RAM",
-        "Preemptible",
-        americas,
-        "a3_ram_us_spot",
-    )
-    add(
-        "0A1B-A3CR-0003",
-        "A3 Instance Core running in Netherlands",
-        "CPU",
-        "OnDemand",
-        [NL],
-        "a3_core_nl",
-    )
-    add(
-        "0A1B-A3RM-0003",
-        "A3 Instance Ram running in Netherlands",
-        "RAM",
-        "OnDemand",
-        [NL],
-        "a3_ram_nl",
-    )
-    add(
-        "0A1B-A3CR-0004",
-        "Spot Preemptible A3 Instance Core running in Netherlands",
-        "CPU",
-        "Preemptible",
-        [NL],
-        "a3_core_nl_spot",
-    )
-    add(
-        "0A1B-A3RM-0004",
-        "Spot Preemptible A3 Instance Ram running in Netherlands",
-        "RAM",
-        "Preemptible",
-        [NL],
-        "a3_ram_nl_spot",
-    )
-    add(
-        "0A1B-A100-0001",
-        "Nvidia Tesla A100 GPU running in Americas",
-        "GPU",
-        "OnDemand",
-        americas,
-        "a100_us",
-    )
-    add(
-        "0A1B-A100-0002",
-        "Spot Preemptible Nvidia Tesla A100 GPU running in Americas",
-        "GPU",
-        "Preemptible",
-        americas,
-        "a100_us_spot",
-    )
-    add(
-        "0A1B-A2CR-0001",
-        "A2 Instance Core running in Americas",
-        "CPU",
-        "OnDemand",
-        americas,
-        "a2_core_us",
-    )
-    add(
-        "0A1B-A2RM-0001",
-        "A2 Instance Ram running in Americas",
-        "RAM",
-        "OnDemand",
-        americas,
-        "a2_ram_us",
-    )
-    add(
-        "0A1B-A2CR-0002",
-        "Spot Preemptible A2 Instance Core running in Americas",
-        "CPU",
-        "Preemptible",
-        americas,
-        "a2_core_us_spot",
-    )
-    add(
-        "0A1B-A2RM-0002",
-        "Spot Preemptible A2 Instance Ram running in Americas",
-        "RAM",
-        "Preemptible",
-        americas,
-        "a2_ram_us_spot",
-    )
-    add("0A1B-L4GP-0001", "Nvidia L4 GPU running in Americas", "GPU", "OnDemand", americas, "l4_us")
-    add(
-        "0A1B-G2CR-0001",
-        "G2 Instance Core running in Americas",
-        "CPU",
-        "OnDemand",
-        americas,
-        "g2_core_us",
-    )
-    add(
-        "0A1B-G2RM-0001",
-        "G2 Instance Ram running in Americas",
-        "RAM",
-        "OnDemand",
-        americas,
-        "g2_ram_us",
-    )
-    add(
-        "0A1B-B200-0001",
-        "Nvidia B200 (1 gpu slice) running in Americas",
-        "GPU",
-        "OnDemand",
-        americas,
-        "b200_slice_us",
-    )
-    add(
-        "0A1B-T4GP-0001",
-        "Nvidia Tesla T4 GPU running in Americas",
-        "GPU",
-        "OnDemand",
-        americas,
-        "t4_us",
-    )
-    add(
-        "0A1B-T4GP-0002",
-        "Nvidia Tesla T4 GPU attached to Spot Preemptible VMs running in Americas",
-        "GPU",
-        "Preemptible",
-        americas,
-        "t4_us_spot",
-    )
-    add(
-        "0A1B-T4GP-0003",
-        "Nvidia Tesla T4 GPU running in Netherlands",
-        "GPU",
-        "OnDemand",
-        [NL],
-        "t4_nl",
-    )
-    # Decoys the adapter must not use: commitments, another family, storage, sole tenancy.
-    add(
-        "0A1B-H100-0009",
-        "Commitment v1: Nvidia H100 80GB GPU in Americas for 1 Year",
-        "GPU",
-        "Commit1Yr",
-        americas,
-        "h100_us_spot",
-    )
-    add(
-        "0A1B-N1CR-0001",
-        "N1 Predefined Instance Core running in Americas",
-        "N1Standard",
-        "OnDemand",
-        americas,
-        "a3_core_us",
-    )
-    add(
-        "0A1B-A3CR-0009",
-        "A3 Instance Core running on Sole Tenancy in Americas",
-        "CPU",
-        "OnDemand",
-        americas,
-        "a2_core_us",
-    )
-    cat.skus.append(
-        sku(
-            "0A1B-PDST-0001",
-            "Storage PD Capacity",
-            "PDStandard",
-            "OnDemand",
-            americas,
-            "0",
-            40000000,
-            "GiBy.mo",
-            "Storage",
-        )
-    )
+    cat.skus = sample_skus()
     return cat
 
 
@@ -751,7 +692,8 @@ SPREAD: dict[str, float] = {
     "nvidia-tesla-p4": 0.12,
 }
 #: SKU wording of each accelerator type (the spot GPU SKUs say "attached to Spot Preemptible
-#: VMs" for the N1 GPUs, "Spot Preemptible ..." first for the others).
+#: VMs" for the N1 GPUs, "Spot Preemptible ..." first for the others; sources of the wordings
+#: at `SAMPLE_SKUS`).
 SKU_NAMES: dict[str, str] = {
     "nvidia-tesla-t4": "Nvidia Tesla T4 GPU",
     "nvidia-tesla-t4-vws": "Nvidia Tesla T4 Virtual Workstation GPU",
@@ -761,8 +703,8 @@ SKU_NAMES: dict[str, str] = {
     "nvidia-a100-80gb": "Nvidia Tesla A100 80GB GPU",
     "nvidia-h100-80gb": "Nvidia H100 80GB GPU",
     "nvidia-h100-mega-80gb": "Nvidia H100 80GB Mega GPU",
-    "nvidia-h200-141gb": "Nvidia H200 141GB GPU",
-    "nvidia-b200": "Nvidia B200 (1 gpu slice)",
+    "nvidia-h200-141gb": "H200 141GB GPU",
+    "nvidia-b200": "A4 Nvidia B200 (1 gpu slice)",
     "nvidia-tesla-v100": "Nvidia Tesla V100 GPU",
     "nvidia-tesla-p100": "Nvidia Tesla P100 GPU",
     "nvidia-tesla-p4": "Nvidia Tesla P4 GPU",
@@ -782,7 +724,7 @@ GPU_BASE_PRICE = {
     "nvidia-tesla-p100": "1.46",
     "nvidia-tesla-p4": "0.60",
 }
-FAMILIES = ["A2", "A3", "G2"]
+FAMILIES = ["A2", "A3", "A3Plus", "A3Ultra", "G2"]
 NON_GPU_TYPES = [
     (f"{fam}-{kind}-{n}", n, n * mult)
     for fam in ("n1", "n2", "n2d", "e2", "c3", "c3d", "c4", "n4")
@@ -796,14 +738,85 @@ def _money(price: Decimal) -> tuple[str, int]:
     return str(units), int((price - units) * 1_000_000_000)
 
 
+def _region_price_skus(r: str, in_region: set[str], factor: Decimal) -> list[Any]:
+    """The GPU, core/RAM and Local SSD SKUs of region `r` of `large_catalogue`, on demand and
+    spot, at the base prices times `factor`."""
+    out: list[Any] = []
+    seq = 0
+    for accel in sorted(in_region):
+        base = Decimal(GPU_BASE_PRICE[accel]) * factor
+        name = SKU_NAMES[accel]
+        spot_name = (
+            f"{name} attached to Spot Preemptible VMs"
+            if accel.startswith("nvidia-tesla")
+            else f"Spot Preemptible {name}"
+        )
+        for usage, desc, price in (
+            ("OnDemand", name, base),
+            ("Preemptible", spot_name, (base * Decimal("0.4")).quantize(Decimal("0.000001"))),
+        ):
+            seq += 1
+            out.append(
+                sku(
+                    f"G-{r}-{seq:04d}",
+                    f"{desc} running in {r}",
+                    "GPU",
+                    usage,
+                    [r],
+                    *_money(price),
+                )
+            )
+    for fam in FAMILIES:
+        for usage, prefix, mult in (
+            ("OnDemand", "", 1),
+            ("Preemptible", "Spot Preemptible ", Decimal("0.4")),
+        ):
+            for kind, group, unit, price in (
+                ("Core", "CPU", "h", Decimal("0.031611")),
+                ("Ram", "RAM", "GiBy.h", Decimal("0.004237")),
+            ):
+                seq += 1
+                out.append(
+                    sku(
+                        f"H-{r}-{seq:04d}",
+                        f"{prefix}{fam} Instance {kind} running in {r}",
+                        group,
+                        usage,
+                        [r],
+                        *_money((price * factor * mult).quantize(Decimal("0.000001"))),
+                        usage_unit=unit,
+                    )
+                )
+    for usage, tail, mult in (
+        ("OnDemand", "in", 1),
+        ("Preemptible", "attached to Spot Preemptible VMs in", Decimal("0.6")),
+    ):
+        seq += 1
+        # Illustrative Local SSD rate, USD per GiB-month.
+        monthly = (Decimal("0.08") * factor * mult).quantize(Decimal("0.000001"))
+        out.append(
+            sku(
+                f"L-{r}-{seq:04d}",
+                f"SSD backed Local Storage {tail} {r}",
+                "LocalSSD",
+                usage,
+                [r],
+                *_money(monthly),
+                usage_unit="GiBy.mo",
+                resource_family="Storage",
+            )
+        )
+    return out
+
+
 def large_catalogue(
     region_names: list[str], project: str = "broker-bench", seed: int = 7, skus_total: int = 25_000
 ) -> GcpCatalogue:
     """A full-size catalogue for benchmarks: every region given, 3 zones each (4 in
     us-central1), accelerator types spread as `SPREAD`, the GPU machine shapes of `SHAPES`
     plus 120 plain machine types per zone (which the machine-type filter drops), quotas per
-    GPU and market, and about `skus_total` SKUs (GPU, core and RAM SKUs per region and market,
-    the rest storage/network/other-family SKUs the adapter ignores)."""
+    GPU and market, and about `skus_total` SKUs (GPU, core, RAM and Local SSD SKUs per region
+    and market, the rest storage/network/other-family SKUs the adapter ignores)."""
     rng = random.Random(seed)
     cat = GcpCatalogue(project=project)
     for r in region_names:
@@ -837,51 +850,7 @@ def large_catalogue(
                 quotas.append((f"{prefix}{metric}_GPUS", float(rng.choice([0, 8, 16, 64])), 0.0))
         cat.regions[r] = region(project, r, zones, quotas)
         factor = Decimal(100 + rng.randint(0, 40)) / 100
-        seq = 0
-        for accel in sorted(in_region):
-            base = Decimal(GPU_BASE_PRICE[accel]) * factor
-            name = SKU_NAMES[accel]
-            spot_name = (
-                f"{name} attached to Spot Preemptible VMs"
-                if accel.startswith("nvidia-tesla")
-                else f"Spot Preemptible {name}"
-            )
-            for usage, desc, price in (
-                ("OnDemand", name, base),
-                ("Preemptible", spot_name, (base * Decimal("0.4")).quantize(Decimal("0.000001"))),
-            ):
-                seq += 1
-                cat.skus.append(
-                    sku(
-                        f"G-{r}-{seq:04d}",
-                        f"{desc} running in {r}",
-                        "GPU",
-                        usage,
-                        [r],
-                        *_money(price),
-                    )
-                )
-        for fam in FAMILIES:
-            for usage, prefix, mult in (
-                ("OnDemand", "", 1),
-                ("Preemptible", "Spot Preemptible ", Decimal("0.4")),
-            ):
-                for kind, group, unit, price in (
-                    ("Core", "CPU", "h", Decimal("0.031611")),
-                    ("Ram", "RAM", "GiBy.h", Decimal("0.004237")),
-                ):
-                    seq += 1
-                    cat.skus.append(
-                        sku(
-                            f"H-{r}-{seq:04d}",
-                            f"{prefix}{fam} Instance {kind} running in {r}",
-                            group,
-                            usage,
-                            [r],
-                            *_money((price * factor * mult).quantize(Decimal("0.000001"))),
-                            usage_unit=unit,
-                        )
-                    )
+        cat.skus += _region_price_skus(r, in_region, factor)
     filler = max(0, skus_total - len(cat.skus))
     groups = [
         ("Storage", "PDStandard", "GiBy.mo"),

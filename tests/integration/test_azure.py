@@ -22,23 +22,25 @@ from azure.core.exceptions import ClientAuthenticationError
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from broker import gpus
+from broker import gpus, sizes
 from broker.config import AzureSettings, Settings
 from broker.db import session_scope
 from broker.domain import Availability, Market, Offer, PollResult, Scope
 from broker.models import MarketEvent, StoredOffer
 from broker.offers import ingest_poll
-from providers.azure import Azure, PriceRow, classify, series_gpu
+from providers.azure import Azure, PriceRow, classify, retired_series, series_gpu
 from providers.base import ProviderDisabled, get_provider_class
 from tests.fakes.azure_fake import (
     BR,
     NC_A100,
     NC_H100,
+    NC_K80,
     NC_T4,
     ND_GB200,
     ND_H100,
     NL,
     NV_A10,
+    NV_A10_WHOLE,
     PRICES,
     SUBSCRIPTION,
     US,
@@ -231,11 +233,19 @@ def test_windows_low_priority_and_devtest_meters_never_price_an_offer(azure: Azu
 def test_partial_gpus_restricted_sizes_and_other_series(azure: AzureFake) -> None:
     offers = by_key(make(azure).fetch())
     a10 = offers[key(US, NV_A10, "on_demand")]
-    # The API says GPUs=1; Microsoft's size table says 1/6 of an A10.
-    assert (a10.gpu_model, a10.gpu_count, a10.gpu_memory_gb) == ("A10", D("0.167"), D(24))
-    assert (a10.raw["GPUs"], a10.raw["gpu_fraction"]) == ("1", "1/6")
+    # The API says GPUs=1; the size table (Microsoft's size page) says 1/6 of an A10, 4 GB.
+    entry = sizes.fraction("azure", NV_A10)
+    assert entry is not None and entry.memory_gb is not None
+    assert (a10.gpu_model, a10.gpu_count, a10.gpu_memory_gb) == (
+        entry.gpu_model,
+        entry.fraction,
+        entry.memory_gb,
+    )
+    assert a10.gpu_count < 1 and entry.memory_gb < D(gpus.CATALOGUE["A10"].memory_gb or 0)
+    assert a10.raw["GPUs"] == "1"
+    assert a10.raw["size_table"] == {"gpus": str(entry.fraction), "memory_gb": str(entry.memory_gb)}
     assert a10.price_per_hour == usd("nv_a10_us")
-    assert a10.price_per_gpu_hour == (usd("nv_a10_us") / D("0.167")).quantize(Q)
+    assert a10.price_per_gpu_hour == (usd("nv_a10_us") / entry.fraction).quantize(Q)
 
     # NotAvailableForSubscription for the whole location: offered, but unavailable.
     nc = offers[key(US, NC_H100, "on_demand")]
@@ -251,19 +261,90 @@ def test_partial_gpus_restricted_sizes_and_other_series(azure: AzureFake) -> Non
     assert offers[key(NL, NC_A100, "on_demand")].price_per_hour == usd("nc_a100_nl")
 
 
-def test_unknown_gpu_series_and_unpriced_sizes_are_counted_not_guessed(
+def test_a_partial_size_costs_per_gpu_about_what_a_whole_gpu_of_its_family_costs(
+    azure: AzureFake,
+) -> None:
+    offers = by_key(make(azure).fetch())
+    part = offers[key(US, NV_A10, "on_demand")]
+    whole = offers[key(US, NV_A10_WHOLE, "on_demand")]
+    assert (whole.gpu_count, whole.gpu_memory_gb) == (D(1), D(24))
+    assert whole.price_per_gpu_hour == usd("nv_a10_whole_us")
+    # eastus, market data set: 0.454 / 0.167 = 2.72 per A10 against 3.2 for the whole A10;
+    # Azure prices the 1/6 and 1/3 slices ~15% below the whole GPU (tests/unit/test_sizes.py).
+    # Without the size table the slice would cost 0.454 per "GPU", a seventh of that.
+    ratio = part.price_per_gpu_hour / whole.price_per_gpu_hour
+    assert D("0.8") <= ratio <= D("1.2"), ratio
+
+
+def test_a_size_without_a_gpus_capability_gets_its_gpus_from_the_size_table(
     azure: AzureFake,
 ) -> None:
     result = make(azure).fetch()
+    gb200 = by_key(result)[key(US, ND_GB200, "on_demand")]
+    entry = sizes.fraction("azure", ND_GB200)
+    assert entry is not None and entry.memory_gb is None
+    assert gb200.raw["GPUs"] is None  # ARM lists the size without a GPUs capability
+    assert (gb200.gpu_model, gb200.gpu_count) == ("GB200", entry.fraction) == ("GB200", D(4))
+    # The table gives no unambiguous memory per GPU: the catalogue's figure.
+    assert gb200.gpu_memory_gb == D(gpus.CATALOGUE["GB200"].memory_gb or 0)
+    assert gb200.interconnect == "InfiniBand"
+    assert gb200.price_per_gpu_hour == (usd("gb200_us") / 4).quantize(Q)
+    assert "no_gpu_count" not in result.skipped
+
+
+def test_a_retired_size_is_counted_as_retired_not_offered(azure: AzureFake) -> None:
+    result = make(azure).fetch()
+    # Listed with a GPUs capability and a Linux price, yet Azure retired the NC series.
+    assert not any(NC_K80 in k for k in by_key(result))
+    assert result.skipped["retired"] == 1
+    assert any(NC_K80 in n and "NC series is retired" in n for n in result.notes)
+    assert NC_K80 not in {q for quota in result.quotas for q in quota.instance_types}
+
+
+def test_a_gpu_series_size_without_any_gpu_count_is_counted(azure: AzureFake) -> None:
+    # An ND H100 v5 size (a GPU series) listed without a GPUs capability and not in the size
+    # table: no count is guessed. The name is made up so that no table lists it.
+    azure.catalogue.skus.append(
+        vm_sku(
+            "Standard_ND8isr_H100_v5",
+            US,
+            family="standardNDSH100v5Family",
+            vcpus=8,
+            memory_gb="200",
+        )
+    )
+    result = make(azure).fetch()
+    assert result.skipped["no_gpu_count"] == 1
+    assert not any("Standard_ND8isr_H100_v5" in k for k in by_key(result))
+
+
+def test_unknown_gpu_series_and_unpriced_sizes_are_counted_not_guessed(
+    azure: AzureFake,
+) -> None:
+    # A GPU size of a series neither the series table nor the size table knows (a made-up
+    # name: Azure's next series), listed and priced.
+    unknown = "Standard_NX8ads_Z9_v1"
+    azure.catalogue.skus.append(
+        vm_sku(unknown, US, family="standardNXZ9v1Family", gpus="1", vcpus=8, memory_gb="64")
+    )
+    azure.catalogue.prices[US].append(price(unknown, US, 1.0))
+    result = make(azure).fetch()
     offers = by_key(result)
-    assert not any(ND_GB200 in k for k in offers)  # GB200: not in the GPU catalogue
+    assert not any(unknown in k for k in offers)
     assert not any(NC_T4 in k for k in offers)  # listed, but no Linux price row in eastus
-    assert result.skipped == {"unknown_gpu": 1, "no_price": 1}
-    assert any(ND_GB200 in n and "not in the catalogue" in n for n in result.notes)
+    assert result.skipped == {"unknown_gpu": 1, "no_price": 1, "retired": 1}
+    assert any(unknown in n and "not in the catalogue" in n for n in result.notes)
     assert any(NC_T4 in n and "no Linux price" in n for n in result.notes)
     # Plain sizes (D4s_v5) and disks never become offers.
     assert all(o.instance_type.startswith("Standard_N") for o in result.offers)
-    assert len(result.offers) == 13
+    assert {o.instance_type for o in result.offers} == {
+        ND_H100,
+        NC_H100,
+        NC_A100,
+        NV_A10,
+        NV_A10_WHOLE,
+        ND_GB200,
+    }
 
 
 def test_vcpu_quotas_per_family_and_region(azure: AzureFake) -> None:
@@ -297,7 +378,7 @@ def test_every_page_is_read_through_the_sdk_pipeline(
     result = make(azure, credential=credential).fetch()
     assert result.scope_errors == []
     skus = fake_http.requests_to(azure.skus_path)
-    # 13 SKU entries in pages of 4; nextLink carries the api-version and a $skiptoken.
+    # 15 SKU entries in pages of 4; nextLink carries the api-version and a $skiptoken.
     assert [r.param("$skiptoken") for r in skus] == [None, "4", "8", "12"]
     assert {r.param("api-version") for r in skus} == {"2021-07-01"}
     usages = fake_http.requests_to(azure.usages_path(US))
@@ -314,8 +395,9 @@ def test_every_page_is_read_through_the_sdk_pipeline(
     assert len(azure.price_requests(NL)) == 1
     assert azure.price_requests(BR) == []
     assert all("authorization" not in r.headers for r in us_prices)
-    # The last page's rows are there (the GB200 and A10 rows are on page 4 of eastus).
-    assert key(US, NV_A10, "on_demand") in by_key(result)
+    # The last page's rows are there (the whole A10 and GB200 rows are on page 4 of eastus).
+    assert key(US, NV_A10_WHOLE, "on_demand") in by_key(result)
+    assert key(US, ND_GB200, "on_demand") in by_key(result)
 
 
 def test_regions_setting_and_locations_without_gpus(
@@ -447,12 +529,12 @@ def test_5xx_is_retried_with_backoff_then_succeeds(
     waits: list[float] = []
     result = make(azure, waits, max_attempts=3).fetch()
     assert result.scope_errors == []
-    assert len(result.offers) == 13
     assert waits == [0.01, 0.01, 0.01]
     # The failed SKU page was asked again from its own token; page 1 was read once.
     tokens = [r.param("$skiptoken") for r in fake_http.requests_to(azure.skus_path)]
     assert tokens == [None, "4", "4", "8", "12"]
     assert [r.param("$skip") for r in azure.price_requests(US)] == [None, "5", "5", "10", "15"]
+    assert {o.key for o in result.offers} == {o.key for o in make(azure).fetch().offers}
 
 
 def test_5xx_that_persists_fails_the_poll(azure: AzureFake) -> None:
@@ -702,6 +784,31 @@ def test_size_series_map_onto_catalogue_models(sku: str, model: str | None) -> N
     gpu = series_gpu(sku)
     entry = gpus.normalise(gpu, provider="azure", instance_type=sku) if gpu else None
     assert (entry.name if entry else None) == model
+
+
+@pytest.mark.parametrize(
+    ("sku", "series"),
+    [
+        # The retired sizes (Microsoft's retirement notices, see providers/azure.py _RETIRED).
+        *[(f"Standard_NC{n}", "NC") for n in ("6", "12", "24", "24r", "6_Promo", "24r_Promo")],
+        *[(f"Standard_NC{n}_v2", "NCv2") for n in ("6s", "12s", "24s", "24rs")],
+        *[(f"Standard_ND{n}", "ND") for n in ("6s", "12s", "24s", "24rs")],
+        *[(f"Standard_NV{n}", "NV") for n in ("6", "12", "24", "6_Promo")],
+        # Their successors are not retired.
+        ("Standard_NC6s_v3", None),
+        ("Standard_NC24rs_v3", None),
+        ("Standard_NC8as_T4_v3", None),
+        ("Standard_NC24ads_A100_v4", None),
+        ("Standard_ND40rs_v2", None),
+        ("Standard_ND96asr_v4", None),
+        ("Standard_ND96isr_H100_v5", None),
+        ("Standard_NV12s_v3", None),
+        ("Standard_NV4as_v4", None),
+        ("Standard_NV6ads_A10_v5", None),
+    ],
+)
+def test_retired_series_are_recognised_by_name(sku: str, series: str | None) -> None:
+    assert retired_series(sku) == series
 
 
 def test_price_rows_are_classified() -> None:

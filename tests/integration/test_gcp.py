@@ -28,7 +28,7 @@ from broker.domain import Availability, Market, Offer, PollResult, Scope
 from broker.models import MarketEvent, StoredOffer
 from broker.offers import ingest_poll
 from providers.base import ProviderDisabled, get_provider_class
-from providers.gcp import Gcp, PriceBook, model_words, quota_accelerator
+from providers.gcp import Gcp
 from tests.fakes.gcp_fake import (
     EMPTY,
     NL,
@@ -54,6 +54,11 @@ def usd(key: str) -> Decimal:
     """A fixture SKU price as GCP defines Money: units + nanos / 10^9."""
     units, nanos = PRICES[key]
     return Decimal(units) + Decimal(nanos) / Decimal(1_000_000_000)
+
+
+def per_hour(key: str) -> Decimal:
+    """A fixture per-GiB-month price (Local SSD) per GiB-hour: GCP's 730-hour month."""
+    return usd(key) / 730
 
 
 @pytest.fixture
@@ -126,7 +131,7 @@ def fail_page(server: FakeHttpServer, path: str, token: str, response: FakeRespo
 # ------------------------------------------------------------------ what it returns
 
 
-def test_a3_highgpu_8g_is_priced_as_gpus_plus_cores_plus_ram(gcp: GcpFake) -> None:
+def test_a3_highgpu_8g_is_priced_as_gpus_plus_cores_plus_ram_plus_local_ssd(gcp: GcpFake) -> None:
     result = make(gcp).fetch()
     assert result.scope_errors == []
     assert regions_ok(result) == {US, NL, EMPTY}
@@ -140,26 +145,73 @@ def test_a3_highgpu_8g_is_priced_as_gpus_plus_cores_plus_ram(gcp: GcpFake) -> No
     assert (us.country, us.jurisdiction, us.continent) == ("US", "US", "North America")
     assert us.availability == Availability.UNKNOWN and us.available_count is None
     gib = Decimal(1916928) / 1024
-    expected = usd("h100_us") * 8 + usd("a3_core_us") * 208 + usd("a3_ram_us") * gib
-    assert us.price_per_hour == expected.quantize(Q) == Decimal("43.066554")
+    # a3-highgpu-8g comes with 6,000 GiB of Local SSD, billed per GiB-month (730 hours).
+    expected = (
+        usd("h100_us") * 8
+        + usd("a3_core_us") * 208
+        + usd("a3_ram_us") * gib
+        + per_hour("lssd_us") * 6000
+    )
+    assert us.price_per_hour == expected.quantize(Q) == Decimal("43.724088")
     assert us.price_per_gpu_hour == (expected / 8).quantize(Q)
     assert us.raw["skus"]["gpu"].startswith("0A1B-H100-0001=")
+    assert us.raw["skus"]["local_ssd"].startswith("0A1B-LSSD-0001=")
+    assert us.raw["local_ssd_gib"] == 6000
 
     spot = offers["gcp/us-central1/us-central1-a/a3-highgpu-8g/spot"]
     expected_spot = (
-        usd("h100_us_spot") * 8 + usd("a3_core_us_spot") * 208 + usd("a3_ram_us_spot") * gib
+        usd("h100_us_spot") * 8
+        + usd("a3_core_us_spot") * 208
+        + usd("a3_ram_us_spot") * gib
+        + per_hour("lssd_us_spot") * 6000
     )
     assert spot.market == Market.SPOT
     assert spot.price_per_hour == expected_spot.quantize(Q)
 
     nl = offers["gcp/europe-west4/europe-west4-a/a3-highgpu-8g/on_demand"]
     assert (nl.country, nl.jurisdiction, nl.continent) == ("NL", "EU", "Europe")
-    expected_nl = usd("h100_nl") * 8 + usd("a3_core_nl") * 208 + usd("a3_ram_nl") * gib
+    expected_nl = (
+        usd("h100_nl") * 8
+        + usd("a3_core_nl") * 208
+        + usd("a3_ram_nl") * gib
+        + per_hour("lssd_nl") * 6000
+    )
     assert nl.price_per_hour == expected_nl.quantize(Q)
 
 
-def test_other_gpu_families_and_the_b200_slice(gcp: GcpFake) -> None:
+def test_bundled_local_ssd_is_in_the_price_of_a2_ultra_and_a3_mega(gcp: GcpFake) -> None:
     offers = by_key(make(gcp).fetch())
+    a2u = offers["gcp/us-central1/us-central1-a/a2-ultragpu-1g/on_demand"]
+    assert (a2u.gpu_model, a2u.gpu_count, a2u.vcpus, a2u.memory_gb) == (
+        "A100-80GB",
+        D(1),
+        D(12),
+        D(170),
+    )
+    assert a2u.price_per_hour == (
+        usd("a100_80gb_us")
+        + usd("a2_core_us") * 12
+        + usd("a2_ram_us") * 170
+        + per_hour("lssd_us") * 375
+    ).quantize(Q)
+    assert a2u.raw["local_ssd_gib"] == 375
+    mega = offers["gcp/us-central1/us-central1-a/a3-megagpu-8g/on_demand"]
+    assert mega.raw["local_ssd_gib"] == 6000
+    # Types without bundled Local SSD carry none.
+    a2 = offers["gcp/us-central1/us-central1-a/a2-highgpu-1g/on_demand"]
+    assert "local_ssd" not in a2.raw["skus"] and "local_ssd_gib" not in a2.raw
+
+    # No Local SSD SKU in a region: the machine is not priced there, never priced without it.
+    gcp.catalogue.skus = [s for s in gcp.catalogue.skus if s["skuId"] != "0A1B-LSSD-0003"]
+    result = make(gcp).fetch()
+    assert "gcp/europe-west4/europe-west4-a/a3-highgpu-8g/on_demand" not in by_key(result)
+    assert "gcp/europe-west4/europe-west4-a/a3-highgpu-8g/spot" in by_key(result)
+    assert any("a3-highgpu-8g" in n and "local_ssd" in n for n in result.notes)
+
+
+def test_other_gpu_families_and_the_b200_slice(gcp: GcpFake) -> None:
+    result = make(gcp).fetch()
+    offers = by_key(result)
     a2 = offers["gcp/us-central1/us-central1-a/a2-highgpu-1g/on_demand"]
     assert (a2.gpu_model, a2.gpu_count, a2.vcpus, a2.memory_gb) == ("A100", D(1), D(12), D(85))
     assert a2.price_per_hour == (
@@ -170,19 +222,94 @@ def test_other_gpu_families_and_the_b200_slice(gcp: GcpFake) -> None:
     assert g2.price_per_hour == (
         usd("l4_us") + usd("g2_core_us") * 4 + usd("g2_ram_us") * 16
     ).quantize(Q)
+    # A4: the "(1 gpu slice)" SKU carries the machine; no core/RAM SKUs are added.
+    a4 = offers["gcp/us-central1/us-central1-a/a4-highgpu-8g/spot"]
+    assert (a4.gpu_model, a4.gpu_count) == ("B200", D(8))
+    assert a4.price_per_hour == (usd("b200_slice_us_spot") * 8).quantize(Q) == Decimal("25.776")
+    assert set(a4.raw["skus"]) == {"gpu_slice"}
+    # No spot SKU for L4 in the fixture: no spot offer, counted.
+    assert "gcp/us-central1/us-central1-b/g2-standard-4/spot" not in offers
+    assert result.skipped["no_price:spot"] >= 1
+
+
+def test_a3_mega_is_billed_on_a3plus_host_skus_not_a3_high_ones(gcp: GcpFake) -> None:
+    offers = by_key(make(gcp).fetch())
     mega = offers["gcp/us-central1/us-central1-a/a3-megagpu-8g/on_demand"]
     assert mega.gpu_model == "H100-SXM"
     assert mega.price_per_hour == (
-        usd("h100_mega_us") * 8 + usd("a3_core_us") * 208 + usd("a3_ram_us") * 1872
+        usd("h100_mega_us") * 8
+        + usd("a3plus_core_us") * 208
+        + usd("a3plus_ram_us") * 1872
+        + per_hour("lssd_us") * 6000
     ).quantize(Q)
-    # A4: the "(1 gpu slice)" SKU carries the machine; no core/RAM SKUs are added.
-    a4 = offers["gcp/us-central1/us-central1-a/a4-highgpu-8g/on_demand"]
-    assert (a4.gpu_model, a4.gpu_count) == ("B200", D(8))
-    assert a4.price_per_hour == (usd("b200_slice_us") * 8).quantize(Q) == Decimal("64.44")
-    assert "gpu_slice" in a4.raw["skus"]
-    # No spot SKU for L4, H100 Mega or B200 in the fixture: no spot offer, counted.
-    assert "gcp/us-central1/us-central1-a/a4-highgpu-8g/spot" not in offers
-    assert "gcp/us-central1/us-central1-a/g2-standard-4/spot" not in offers
+    assert mega.raw["skus"]["core"].startswith("0A1B-A3PC-0001=")
+    assert mega.raw["skus"]["ram"].startswith("0A1B-A3PR-0001=")
+    # A3 High stays on the A3 SKUs.
+    high = offers["gcp/us-central1/us-central1-a/a3-highgpu-8g/on_demand"]
+    assert high.raw["skus"]["core"].startswith("0A1B-A3CR-0001=")
+
+
+def test_a3_ultra_h200_is_priced_from_h200_and_a3ultra_skus(gcp: GcpFake) -> None:
+    offers = by_key(make(gcp).fetch())
+    ultra = offers["gcp/us-central1/us-central1-a/a3-ultragpu-8g/spot"]
+    assert (ultra.gpu_model, ultra.gpu_count, ultra.gpu_memory_gb) == ("H200", D(8), D(141))
+    gib = Decimal(3022848) / 1024
+    assert ultra.price_per_hour == (
+        usd("h200_us_spot") * 8
+        + usd("a3ultra_core_us_spot") * 224
+        + usd("a3ultra_ram_us_spot") * gib
+    ).quantize(Q)
+    assert ultra.raw["skus"]["gpu"].startswith("0A1B-H200-0002=")
+    assert ultra.raw["skus"]["core"].startswith("0A1B-A3UC-0002=")
+
+
+def test_g4_rtx_pro_6000_is_priced_from_the_rtx_6000_96gb_sku(gcp: GcpFake) -> None:
+    offers = by_key(make(gcp).fetch())
+    g4 = offers["gcp/us-central1/us-central1-a/g4-standard-48/on_demand"]
+    assert (g4.gpu_model, g4.gpu_family, g4.gpu_count, g4.gpu_memory_gb) == (
+        "RTXPRO6000S",
+        "RTXPRO6000",
+        D(1),
+        D(96),
+    )
+    assert (g4.vcpus, g4.memory_gb) == (D(48), D(180))
+    assert g4.price_per_hour == (
+        usd("rtx6000_us") + usd("g4_core_us") * 48 + usd("g4_ram_us") * 180
+    ).quantize(Q)
+    spot = offers["gcp/us-central1/us-central1-a/g4-standard-48/spot"]
+    assert spot.price_per_hour == (
+        usd("rtx6000_us_spot") + usd("g4_core_us_spot") * 48 + usd("g4_ram_us_spot") * 180
+    ).quantize(Q)
+    assert spot.raw["skus"]["gpu"].startswith("0A1B-RTX6-0002=")
+
+
+def test_a_spot_sku_tagged_on_demand_prices_the_spot_offer(gcp: GcpFake) -> None:
+    # "Spot Preemptible A4 Nvidia B200 (1 gpu slice)" comes with usageType OnDemand: read as
+    # on demand it would make the on-demand B200 price ambiguous and leave spot unpriced.
+    tagged = next(s for s in gcp.catalogue.skus if s["skuId"] == "0A1B-B200-0002")
+    assert tagged["category"]["usageType"] == "OnDemand"
+    result = make(gcp).fetch()
+    offers = by_key(result)
+    spot = offers["gcp/us-central1/us-central1-a/a4-highgpu-8g/spot"]
+    assert spot.raw["skus"]["gpu_slice"].startswith("0A1B-B200-0002=")
+    assert spot.price_per_hour == (usd("b200_slice_us_spot") * 8).quantize(Q)
+    assert result.skipped.get("ambiguous_price", 0) == 0
+
+
+def test_markets_gcp_does_not_sell_give_no_offer(gcp: GcpFake) -> None:
+    # cloud.google.com/compute/docs/accelerator-optimized-machines#consumption_option_
+    # availability_by_machine_type: no on-demand A3 High 1g/2g/4g, A3 Ultra, A4 (the table
+    # broker/data/markets.csv); their on-demand SKUs exist, and would price an offer.
+    result = make(gcp).fetch()
+    offers = by_key(result)
+    zone = "gcp/us-central1/us-central1-a"
+    for instance_type in ("a3-highgpu-1g", "a3-ultragpu-8g", "a4-highgpu-8g"):
+        assert f"{zone}/{instance_type}/on_demand" not in offers, instance_type
+        assert f"{zone}/{instance_type}/spot" in offers, instance_type
+    assert result.skipped["not_sold:on_demand"] == 3
+    # Sold on demand where the table says nothing against it.
+    assert f"{zone}/a3-highgpu-8g/on_demand" in offers
+    assert f"{zone}/a3-megagpu-8g/on_demand" in offers
 
 
 def test_n1_attachable_gpus_are_offered_per_gpu_without_a_host(gcp: GcpFake) -> None:
@@ -227,8 +354,8 @@ def test_gpu_quotas_per_region_and_market(gcp: GcpFake) -> None:
     )
     assert quotas[(US, "NVIDIA_H100_MEGA_GPUS")].instance_types == {"a3-megagpu-8g"}
     assert quotas[(US, "NVIDIA_A100_GPUS")].instance_types == {"a2-highgpu-1g"}
-    # The 80 GB A100 type exists only in europe-west4: no instance type here.
-    assert quotas[(US, "NVIDIA_A100_80GB_GPUS")].instance_types == frozenset()
+    # The 80 GB quota lands on the 80 GB type only.
+    assert quotas[(US, "NVIDIA_A100_80GB_GPUS")].instance_types == {"a2-ultragpu-1g"}
     assert quotas[(US, "NVIDIA_T4_GPUS")].instance_types == {"nvidia-tesla-t4"}
     assert quotas[(US, "COMMITTED_NVIDIA_T4_GPUS")].market == Market.RESERVED
     assert quotas[(NL, "PREEMPTIBLE_NVIDIA_T4_GPUS")].usage == 2
@@ -237,111 +364,21 @@ def test_gpu_quotas_per_region_and_market(gcp: GcpFake) -> None:
     assert not any(q.region == EMPTY for q in result.quotas)
 
 
-def test_quota_metric_names_map_onto_accelerator_types() -> None:
-    names = ["nvidia-h100-80gb", "nvidia-h100-mega-80gb", "nvidia-tesla-a100", "nvidia-a100-80gb"]
-    assert quota_accelerator("NVIDIA_H100", names) == "nvidia-h100-80gb"
-    assert quota_accelerator("NVIDIA_H100_MEGA", names) == "nvidia-h100-mega-80gb"
-    assert quota_accelerator("NVIDIA_A100", names) == "nvidia-tesla-a100"
-    assert quota_accelerator("NVIDIA_A100_80GB", names) == "nvidia-a100-80gb"
-    # The 40 GB quota never lands on the 80 GB type, even when it is the only A100 left.
-    assert quota_accelerator("NVIDIA_A100", ["nvidia-a100-80gb"]) is None
-    assert model_words("Nvidia H100 80GB Plus") == model_words("nvidia-h100-mega-80gb")
-
-
-def test_price_book_reads_gcp_sku_wordings() -> None:
-    book = PriceBook()
-    book.add_page(
-        [
-            sku(
-                "A",
-                "Nvidia H100 80GB Plus GPU running in Tokyo",
-                "GPU",
-                "OnDemand",
-                ["asia-northeast1"],
-                "5",
-                0,
-            ),
-            sku(
-                "B",
-                "Nvidia Tesla P4 GPU attached to Spot Preemptible VMs running in Tokyo",
-                "GPU",
-                "Preemptible",
-                ["asia-northeast1"],
-                "0",
-                216000000,
-            ),
-            sku(
-                "C",
-                "Spot Preemptible A2 Instance Ram running in Tokyo",
-                "RAM",
-                "Preemptible",
-                ["asia-northeast1"],
-                "0",
-                1695000,
-                "GiBy.h",
-            ),
-            sku(
-                "D",
-                "Reserved Nvidia H100 80GB GPU running in Tokyo",
-                "GPU",
-                "OnDemand",
-                ["asia-northeast1"],
-                "1",
-                0,
-            ),
-            sku(
-                "E",
-                "A2 Instance Ram running in Tokyo",
-                "RAM",
-                "OnDemand",
-                ["asia-northeast1"],
-                "0",
-                4237000,
-                "h",
-            ),
-            sku(
-                "F",
-                "Nvidia L4 GPU running in Tokyo",
-                "GPU",
-                "OnDemand",
-                ["asia-northeast1"],
-                "x",
-                0,
-            ),
-            {
-                "skuId": "G",
-                "description": "Nvidia T4 GPU",
-                "category": {"resourceFamily": "Compute", "usageType": "OnDemand"},
-            },
-        ]
-    )
-    tokyo = "asia-northeast1"
-    mega = book.get(("gpu", model_words("nvidia-h100-mega-80gb")), tokyo, Market.ON_DEMAND)
-    assert mega is not None and (mega.sku_id, mega.price) == ("A", Decimal(5))
-    p4 = book.get(("gpu", model_words("nvidia-tesla-p4")), tokyo, Market.SPOT)
-    assert p4 is not None and p4.price == Decimal("0.216")
-    ram = book.get(("ram", "a2"), tokyo, Market.SPOT)
-    assert ram is not None and ram.price == Decimal("0.001695")
-    # The reservation SKU is ignored; a RAM SKU per hour (not per GiB-hour), an unreadable
-    # price and a SKU without pricing are counted, never used.
-    assert book.get(("gpu", model_words("nvidia-h100-80gb")), tokyo, Market.ON_DEMAND) is None
-    assert book.get(("ram", "a2"), tokyo, Market.ON_DEMAND) is None
-    assert book.skipped["bad_sku"] == 3
-    assert book.skus_read == 7
-
-
 def test_every_page_is_read_and_the_filter_is_sent(gcp: GcpFake, fake_http: FakeHttpServer) -> None:
     result = make(gcp).fetch()
     assert result.scope_errors == []
     machine_requests = fake_http.requests_to(gcp.machines_path)
     sku_requests = fake_http.requests_to(gcp.skus_path)
-    # 10 GPU machine types in pages of 4, 30 SKUs in pages of 10.
-    assert len(gcp.catalogue.skus) == 30
+    # 12 GPU machine types in pages of 4, 50 SKUs in pages of 10.
+    assert len(gcp.catalogue.skus) == 50
     assert [r.param("pageToken") for r in machine_requests] == [None, "tok4", "tok8"]
-    assert [r.param("pageToken") for r in sku_requests] == [None, "s10", "s20"]
+    assert [r.param("pageToken") for r in sku_requests] == [
+        None,
+        *(f"s{n}" for n in (10, 20, 30, 40)),
+    ]
     assert {r.param("filter") for r in machine_requests} == {'name eq "(a[0-9]+[a-z]*|g[0-9]+)-.*"'}
     assert {r.param("currencyCode") for r in sku_requests} == {"USD"}
-    # The last page's types are there (a4 sorts last in us-central1-a's page 2/3).
+    # The last page's types are there (us-central1-b's G2 is on page 3 of 3).
     assert "gcp/us-central1/us-central1-b/g2-standard-4/on_demand" in by_key(result)
     # Without a filter the fake returns n1/n2 types too: they carry no GPU and add nothing.
     unfiltered = make(gcp, machine_type_filter="").fetch()
@@ -385,7 +422,9 @@ def test_unknown_gpu_ambiguous_price_unknown_region_and_down_region(gcp: GcpFake
     result = make(gcp).fetch()
     offers = by_key(result)
     assert result.scope_errors == []
-    assert result.skipped["ambiguous_price"] == 2  # a3-highgpu-8g and -1g, on demand
+    # a3-highgpu-8g on demand (-1g is not sold on demand: counted as not_sold, not priced).
+    assert result.skipped["ambiguous_price"] == 1
+    assert any("a3-highgpu-8g" in n and "0A1B-H100-0099" in n for n in result.notes)
     assert "gcp/us-central1/us-central1-a/a3-highgpu-8g/on_demand" not in offers
     assert "gcp/us-central1/us-central1-a/a3-highgpu-8g/spot" in offers  # spot unaffected
     assert result.skipped["no_machine_type"] == 1  # nvidia-l4-vws: no G2 vWS type polled
