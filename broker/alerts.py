@@ -68,6 +68,7 @@ from broker.models import (
     RequestEvent,
     StoredOffer,
 )
+from broker.offers import gpu_filters
 from broker.requests import MARKET_COLUMNS
 from broker.scoring import MarketOffer, ScoringConfig, time_to_power
 from broker.secrets import SecretBox, SecretUnavailable
@@ -139,7 +140,10 @@ class OfferFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gpu_models: list[str] = Field(
-        default_factory=list, max_length=20, description='Models or families, e.g. ["H100"].'
+        default_factory=list,
+        max_length=20,
+        description='Models or families, e.g. ["H100"], "H100 80GB", or MODEL:COUNT for at '
+        'least COUNT per instance ("H100:8").',
     )
     min_gpus: int | None = Field(
         default=None, ge=1, le=64, description="At least this many GPUs per instance."
@@ -152,12 +156,15 @@ class OfferFilter(BaseModel):
     markets: list[Market] = Field(default_factory=list)
     providers: list[str] = Field(default_factory=list)
     max_price_per_gpu_hour: Decimal | None = Field(default=None, ge=0, max_digits=12)
+    exclude_anomalies: bool = Field(
+        default=False, description="Stay silent on offers whose price a sanity rule flagged."
+    )
 
     @field_validator("gpu_models")
     @classmethod
     def _models(cls, v: list[str]) -> list[str]:
         for name in v:
-            gpus.resolve_query(name)  # UnknownGpu names near matches
+            gpus.parse_gpu_filter(name)  # GpuFilterError says why (near matches, bad count)
         return v
 
     @field_validator("jurisdictions")
@@ -310,15 +317,17 @@ class CompiledFilter:
     markets: frozenset[str]
     providers: frozenset[str]
     max_price: Decimal | None
+    minimums: Mapping[str, int] = field(default_factory=dict)
+    exclude_anomalies: bool = False
 
     @classmethod
     def of(cls, spec: Mapping[str, Any]) -> CompiledFilter:
-        models: set[str] = set()
-        for name in spec.get("gpu_models") or []:
-            models |= gpus.resolve_query(name)
+        models, minimums = gpu_filters(spec.get("gpu_models") or [])
         price = spec.get("max_price_per_gpu_hour")
         return cls(
-            models=frozenset(models) or None,
+            models=models,
+            minimums=minimums,
+            exclude_anomalies=bool(spec.get("exclude_anomalies")),
             min_gpus=spec.get("min_gpus"),
             jurisdictions=frozenset(spec.get("jurisdictions") or ()),
             countries=frozenset(spec.get("countries") or ()),
@@ -335,6 +344,11 @@ class CompiledFilter:
         if self.models is not None and o.gpu_model not in self.models:
             return False
         if self.min_gpus is not None and o.gpu_count < self.min_gpus:
+            return False
+        least = self.minimums.get(o.gpu_model)
+        if least is not None and o.gpu_count < least:
+            return False
+        if self.exclude_anomalies and o.anomalies:
             return False
         if self.jurisdictions and o.jurisdiction not in self.jurisdictions:
             return False

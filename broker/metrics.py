@@ -166,16 +166,27 @@ class StoreCollector(Collector):
                 by_type.add_metric([type_], n)
             yield by_type
 
-        rows = self._rows(select(states.c.provider, states.c.status))
+        rows = self._rows(select(states.c.provider, states.c.status, states.c.unrecognised))
         if rows is not None:
             up = GaugeMetricFamily(
                 "broker_provider_up",
                 "1 when the provider's last poll was ok, 0 when degraded or failed.",
                 labels=["provider"],
             )
-            for provider, status in rows:
+            unknown = GaugeMetricFamily(
+                "broker_unrecognised_offers",
+                "Offers of the provider's last successful poll whose region (kind=region) or "
+                "GPU name (kind=gpu_name) the tables do not know (kept, with a null location "
+                "or model).",
+                labels=["provider", "kind"],
+            )
+            for provider, status, unrecognised in rows:
                 up.add_metric([provider], 1 if status == "ok" else 0)
+                for kind, part in (("region", "regions"), ("gpu_name", "gpu_names")):
+                    n = sum((unrecognised or {}).get(part, {}).values())
+                    unknown.add_metric([provider, kind], n)
             yield up
+            yield unknown
 
         queue = GaugeMetricFamily(
             "broker_queue_depth",

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from operator import attrgetter
 from typing import Any
 
@@ -131,12 +131,23 @@ def _state(price: Decimal, availability: str, count: int | None) -> dict[str, An
     return {"price_per_hour": str(price), "availability": availability, "available_count": count}
 
 
+#: The scale each spec field is stored with (models.COUNT, models.SIZE): an offer's value is
+#: compared at that scale, or 22888 MiB / 1024 = 22.3515625 GB would differ from its stored
+#: 22.35 on every poll.
+_SPEC_SCALE = {"gpu_count": Decimal("0.001")}
+_SIZE_SCALE = Decimal("0.01")
+
+
 def _spec(values: Any) -> dict[str, str | None]:
-    """The `SPEC_FIELDS` of an offer or row, as strings (None stays None)."""
+    """The `SPEC_FIELDS` of an offer or row at their stored scale, as strings."""
     out: dict[str, str | None] = {}
     for f in SPEC_FIELDS:
         v = getattr(values, f)
-        out[f] = None if v is None else str(v.normalize() if isinstance(v, Decimal) else v)
+        if v is None:
+            out[f] = None
+            continue
+        d = Decimal(v).quantize(_SPEC_SCALE.get(f, _SIZE_SCALE), rounding=ROUND_HALF_EVEN)
+        out[f] = str(d.normalize())
     return out
 
 
@@ -384,7 +395,9 @@ def unrecognised_of(offers: Iterable[Offer]) -> dict[str, Any]:
             out.setdefault(o.provider, {"regions": Counter(), "gpu_names": Counter()})["gpu_names"][
                 o.gpu_name_raw
             ] += 1
-    return {p: {k: dict(sorted(c.items())) for k, c in parts.items()} for p, parts in out.items()}
+    return {
+        p: {k: dict(sorted(c.items())) for k, c in parts.items() if c} for p, parts in out.items()
+    }
 
 
 def _diff_seen(

@@ -312,3 +312,23 @@ def test_a_spec_change_is_an_event_and_history_keeps_each_points_per_gpu_price(
         (price / count).quantize(Decimal("0.000001")),
         (price / (count * 2)).quantize(Decimal("0.000001")),
     ]
+
+
+def test_unrecognised_regions_and_names_are_shown_where_an_operator_looks(
+    engine: Engine, client: TestClient, keys: Keys, data_dir: Path, tmp_path: Path
+) -> None:
+    [folder] = _only(data_dir, tmp_path, ["2024-05-01"], "scp")
+    rows = _rows(folder / "scp.csv")
+    rows[0]["Region"] = "MARS-NORTH-1"
+    with (folder / "scp.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _replay(engine, [folder])
+    mars = [o for o in _offers(client, keys, provider="scp") if o["region"] == "MARS-NORTH-1"]
+    assert mars and all(o["jurisdiction"] is None for o in mars)
+    providers = client.get("/v1/providers", headers=bearer(keys.viewer)).json()["data"]
+    replayed = next(p for p in providers if p["name"] == "replay")
+    assert replayed["unrecognised"] == {"scp": {"regions": {"MARS-NORTH-1": len(mars)}}}
+    text = client.get("/metrics").text
+    assert f'broker_unrecognised_offers{{kind="region",provider="scp"}} {len(mars)}.0' in text

@@ -121,7 +121,7 @@ DL2Q = instance_type(
         "TotalInferenceMemoryInMiB": 131072,
     },
 )
-#: Not in the broker's GPU catalogue: skipped as unknown_gpu, never guessed.
+#: 8 × "B300" (NVIDIA, 275040 MiB each), as moto's snapshot has it: the catalogue's B300.
 P6_B300 = instance_type(
     "p6-b300.48xlarge",
     192,
@@ -129,6 +129,20 @@ P6_B300 = instance_type(
     classes=CB,
     efa=True,
     GpuInfo=_gpu("B300", "NVIDIA", 8, 275040),
+)
+#: FICTIONAL ON PURPOSE: no such instance type, device or maker exists (AWS sells nothing
+#: called this). The device name is made up so that no GPU catalogue will ever know it, to
+#: exercise the adapter's unknown-device path with a row that is otherwise a normal, sold
+#: type (offered in an AZ, priced). Never replace it with a real type: real types get into
+#: the catalogue (B300 did), and the test would then stop testing the unknown path.
+UNKNOWN_GPU_TYPE = "p99z.48xlarge"
+UNKNOWN_GPU_NAME = "Zorptron-Q9 Fictional"
+P99Z = instance_type(
+    UNKNOWN_GPU_TYPE,
+    96,
+    1048576,
+    efa=True,
+    GpuInfo=_gpu(UNKNOWN_GPU_NAME, "Fictional Silicon Inc.", 4, 65536),
 )
 #: No accelerator (and outside the instance-type patterns).
 M5 = instance_type("m5.large", 2, 8192)
@@ -142,6 +156,7 @@ US_PRICES = {
     "trn1.32xlarge": "21.5000000000",
     "dl2q.24xlarge": "8.9194000000",
     "p6-b300.48xlarge": "142.4200000000",
+    UNKNOWN_GPU_TYPE: "40.0000000000",
 }
 EU_PRICES = {"p5.48xlarge": "61.6400000000", "g5.xlarge": "1.1230000000"}
 
@@ -284,7 +299,7 @@ def small_market(fake: AwsFake) -> AwsFake:
         {"RegionName": "ap-east-1", "OptInStatus": "not-opted-in"},
     ]
     fake.instance_types = {
-        "us-east-1": [P5, G5, G6F, INF2, TRN1, DL2Q, P6_B300, M5],
+        "us-east-1": [P5, G5, G6F, INF2, TRN1, DL2Q, P6_B300, P99Z, M5],
         "eu-west-1": [P5, G5, M5],
     }
     fake.offerings = {
@@ -296,6 +311,7 @@ def small_market(fake: AwsFake) -> AwsFake:
             *offerings("trn1.32xlarge", ["us-east-1f"]),
             *offerings("dl2q.24xlarge", ["us-east-1b"]),
             *offerings("p6-b300.48xlarge", ["us-east-1a"]),
+            *offerings(UNKNOWN_GPU_TYPE, ["us-east-1a"]),
             *offerings("m5.large", US_ZONES),
         ],
         "eu-west-1": [
@@ -320,6 +336,7 @@ def small_market(fake: AwsFake) -> AwsFake:
             spot_row("us-east-1b", "p5.48xlarge", "52.000000", new, product="Windows"),
             spot_row("us-east-1a", "g5.xlarge", "0.451200", new),
             spot_row("us-east-1c", "g5.xlarge", "0.398700", new, product="Linux/UNIX (Amazon VPC)"),
+            spot_row("us-east-1a", UNKNOWN_GPU_TYPE, "16.000000", new),  # the fictional type
             # An AZ where the type is not offered (any more): not an offer.
             spot_row("us-east-1c", "p5.48xlarge", "12.000000", old),
         ],

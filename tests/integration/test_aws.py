@@ -55,6 +55,8 @@ from tests.fakes.aws_fixtures import (
     P5,
     T0,
     TRN1,
+    UNKNOWN_GPU_NAME,
+    UNKNOWN_GPU_TYPE,
     US_PRICES,
     capacity_block,
     price_item,
@@ -169,10 +171,27 @@ def test_offers_from_the_documented_answers(fake: AwsFake, core: botocore.sessio
     assert (trn.gpu_model, trn.gpu_count, trn.gpu_memory_gb) == ("Trainium", 16, 32)
     assert offers["aws/us-east-1/us-east-1b/dl2q.24xlarge/on_demand"].gpu_model == "AI100"
 
-    # B300 is not in the catalogue: skipped and said, never guessed.
-    assert not any("p6-b300" in k for k in offers)
+    # B300 is in the catalogue: p6-b300.48xlarge is 8 × B300 (SXM), 275040 MiB each.
+    b300 = offers["aws/us-east-1/us-east-1a/p6-b300.48xlarge/on_demand"]
+    assert (b300.gpu_model, b300.gpu_family, b300.form_factor, b300.gpu_vendor) == (
+        "B300",
+        "B300",
+        "SXM",
+        "NVIDIA",
+    )
+    assert b300.gpu_count == Decimal(8)
+    assert b300.gpu_memory_gb is not None
+    assert round(b300.gpu_memory_gb, 2) == Decimal("268.59")  # 275040 MiB in GiB
+    assert (b300.vcpus, b300.memory_gb, b300.interconnect) == (Decimal(192), Decimal(4096), "EFA")
+    assert b300.gpu_name_raw is None
+    assert b300.price_per_hour == Decimal(US_PRICES["p6-b300.48xlarge"])
+    assert b300.price_per_gpu_hour == to_price(Decimal(US_PRICES["p6-b300.48xlarge"]) / 8)
+
+    # A device no catalogue knows (the fixture's fictional type, offered and priced in
+    # us-east-1a): skipped and said, never guessed.
+    assert not any(UNKNOWN_GPU_TYPE in k for k in offers)
     assert result.skipped["unknown_gpu"] == 1
-    assert any("p6-b300.48xlarge" in n and "'B300'" in n for n in result.notes)
+    assert any(UNKNOWN_GPU_TYPE in n and f"'{UNKNOWN_GPU_NAME}'" in n for n in result.notes)
 
 
 def test_spot_prices_are_the_newest_linux_record_per_zone(
@@ -221,11 +240,15 @@ def test_capacity_blocks_are_priced_per_instance_hour(
     assert two.price_per_hour == to_price(Decimal("1416.96") / (2 * 24))
     assert two.available_count == 2
     calls = fake.calls_to("DescribeCapacityBlockOfferings", "us-east-1")
-    assert sorted(c.params["InstanceType"] for c in calls) == ["p5.48xlarge", "trn1.32xlarge"]
+    assert sorted(c.params["InstanceType"] for c in calls) == [
+        "p5.48xlarge",
+        "p6-b300.48xlarge",
+        "trn1.32xlarge",
+    ]
     assert {(c.params["InstanceCount"], c.params["CapacityDurationHours"]) for c in calls} == {
         ("1", "24")
     }
-    # p6-b300 sells capacity blocks too, but its GPU is unknown: never asked for.
+    # eu-west-1 does not offer p6-b300 (nor trn1): only p5 is asked for there.
     assert fake.calls_to("DescribeCapacityBlockOfferings", "eu-west-1")[0].params[
         "InstanceType"
     ] == ("p5.48xlarge")
@@ -260,8 +283,8 @@ def test_quotas_of_the_accelerated_families(fake: AwsFake, core: botocore.sessio
     ]
     p = quotas[("us-east-1", "L-417A185B")]
     assert (p.unit, p.limit, p.market, p.usage) == ("vcpus", Decimal(384), Market.ON_DEMAND, None)
-    # p6-b300 (unknown GPU) is not among the polled types.
-    assert p.instance_types == frozenset({"p5.48xlarge"})
+    # The fictional p99z (unknown GPU, skipped) is not among the polled types.
+    assert p.instance_types == frozenset({"p5.48xlarge", "p6-b300.48xlarge"})
     assert p.description == "Running On-Demand P instances"
     g = quotas[("us-east-1", "L-DB2E81BA")]
     assert g.instance_types == frozenset({"g5.xlarge", "g6f.large"})
@@ -303,7 +326,7 @@ def test_requests_are_the_documented_ones(fake: AwsFake, core: botocore.session.
     assert filters["capacitystatus"] == ("TERM_MATCH", "Used")
     assert filters["instanceType"] == (
         "ANY_OF",
-        "dl2q.24xlarge,g5.xlarge,g6f.large,inf2.xlarge,p5.48xlarge,trn1.32xlarge",
+        "dl2q.24xlarge,g5.xlarge,g6f.large,inf2.xlarge,p5.48xlarge,p6-b300.48xlarge,trn1.32xlarge",
     )
     assert prices.params["ServiceCode"] == "AmazonEC2"
 
@@ -631,8 +654,8 @@ def test_one_region_failing_while_others_work(
     assert {e.scope: e.code for e in result.scope_errors} == failed
     assert set(result.scopes_ok) == ALL_SCOPES - set(failed)
     assert {o.region for o in result.offers} == {"us-east-1"}
-    # p5 in 3 AZs, g5 in 5, g6f and inf2 in 2, trn1 and dl2q in 1.
-    assert len([o for o in result.offers if o.market == Market.ON_DEMAND]) == 14
+    # p5 in 3 AZs, g5 in 5, g6f and inf2 in 2, trn1, dl2q and p6-b300 in 1.
+    assert len([o for o in result.offers if o.market == Market.ON_DEMAND]) == 15
 
 
 def test_price_list_down_fails_only_the_on_demand_scopes(
@@ -835,7 +858,7 @@ def test_failed_region_keeps_its_offers_then_recovers(
     first = aws.fetch()
     assert ingest(engine, first) == {"offer_appeared": len(first.offers)}
     everything = active_keys(engine)
-    assert len(everything) == len(first.offers) == 25
+    assert len(everything) == len(first.offers) == 26
 
     # Poll 2: eu-west-1 is down and the Price List API too: nothing of theirs is withdrawn.
     clock.tick()

@@ -90,6 +90,7 @@ def offer(**kw: Any) -> SimpleNamespace:
         "vcpus": Decimal(192),
         "active": True,
         "last_seen": NOW,
+        "anomalies": [],
     }
     base.update(kw)
     return SimpleNamespace(**base)
@@ -124,6 +125,18 @@ def test_filter_fields_each_narrow() -> None:
     assert compiled(countries=["ie"]).matches(offer())
     assert not compiled(providers=["gcp"]).matches(offer())
     assert compiled().matches(offer())
+
+
+def test_model_count_and_anomaly_filters() -> None:
+    eight = compiled(gpu_models=["H100:8", "A100"])
+    assert eight.matches(offer()) and eight.matches(offer(gpu_model="A100", gpu_count=1))
+    assert not eight.matches(offer(gpu_count=Decimal(4)))
+    flagged = offer(anomalies=[{"code": "below_provider_median", "message": "cheap"}])
+    assert compiled().matches(flagged)
+    assert not compiled(exclude_anomalies=True).matches(flagged)
+    assert compiled(exclude_anomalies=True).matches(offer())
+    with pytest.raises(ValidationError, match="H100:0"):
+        alerts.OfferFilter.model_validate({"gpu_models": ["H100:0"]})
 
 
 @pytest.mark.parametrize(
