@@ -1,5 +1,6 @@
 """Commitment reports: the book, its totals and every risk metric and flag, as JSON, CSV or
-one self-contained HTML page (Jinja2, `templates/commitments.html.j2`, inline SVG charts).
+one self-contained HTML page (Jinja2, `templates/commitments.html.j2`, inline SVG charts
+built in `broker.report_charts`).
 
 `build_report` expires what has ended (`broker.ledger.expire_reservations`, so a report is
 right without a scheduler), loads the book of a team (or of every team) live at `as_of`,
@@ -10,6 +11,17 @@ the store keeps the current market, not the market of `as_of`.
 The book at `as_of`: reservations not cancelled by then (a reservation cancelled after
 `as_of` still counts) whose end is after `as_of`; their current rate (an amendment's
 previous rate is in the ledger history).
+
+Mark-to-market is like for like (`broker.risk.market`): `_market` gives each offer its form
+factor and GPUs per instance, `commitment_of` gives each reservation the form factor its
+model names and, for a booking, its GPUs per node (`gpus / instances`). A reservation with
+a provider the broker does not track (`other`) is named by its recorded counterparty.
+
+"Versus market" has one sign convention in every format (`MTM_SIGN_CONVENTION`, in the JSON
+and the HTML legend): effective rate minus market rate, so positive = paying more than the
+market, red (`mtm_class` = `over`), written with a `+` in the HTML; negative = paying less,
+green (`under`); zero, or no comparable, has no colour. CSV and JSON carry the signed
+numbers as they are.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from broker.config import Settings
 from broker.domain import Availability
 from broker.ledger import expire_reservations
 from broker.models import Reservation, StoredOffer, Team, UsageSample
+from broker.report_charts import cliff_chart, spend_chart, utilisation_chart
 from broker.risk import (
     Commitment,
     CommitmentRisk,
@@ -84,8 +97,20 @@ class CommitmentReport:
 # -------------------------------------------------------------------------- build
 
 
+def _form_factor(model: str) -> str | None:
+    """The catalogue's form factor of a canonical model; None when it names none (plain
+    `H100`, `A100-80GB`) or the catalogue does not know the model."""
+    try:
+        return gpus.get(model).form_factor
+    except gpus.UnknownGpu:
+        return None
+
+
 def commitment_of(row: Reservation) -> Commitment:
+    """The risk model's view of a reservation. GPUs per node come only from a booking
+    (`gpus / instances`); an external commitment records no node size, so None."""
     assert row.id is not None
+    per_node = row.gpus / row.instances if row.instances else None
     return Commitment(
         id=row.id,
         provider=row.provider,
@@ -102,6 +127,9 @@ def commitment_of(row: Reservation) -> Commitment:
         state=row.state,
         currency=row.currency,
         offer_key=row.offer_key,
+        form_factor=_form_factor(row.gpu_model),
+        gpus_per_node=per_node,
+        counterparty=row.counterparty,
     )
 
 
@@ -162,9 +190,10 @@ def _provider_last_seen(session: Session, providers: Sequence[str]) -> dict[str,
 
 def _market(session: Session, families: set[str], stale_before: datetime) -> list[MarketPrice]:
     """Fresh live offers (not sold out) of the comparable markets, of the book's GPU
-    families; a
-    marketplace listing (`ScoringConfig.uncombinable_providers`: single machines) carries
-    the most GPUs it can supply."""
+    families, each with its form factor and GPUs per instance (what like-for-like compares);
+    a marketplace listing (`ScoringConfig.uncombinable_providers`: single machines) carries
+    the most GPUs it can supply. An offer of an accelerator the catalogue does not know
+    (`gpu_model` NULL) is like nothing in the book: skipped."""
     c = _OFFERS.c
     rows = session.connection().execute(
         select(
@@ -172,6 +201,7 @@ def _market(session: Session, families: set[str], stale_before: datetime) -> lis
             c.provider,
             c.gpu_model,
             c.gpu_family,
+            c.form_factor,
             c.jurisdiction,
             c.market,
             c.price_per_gpu_hour,
@@ -181,6 +211,7 @@ def _market(session: Session, families: set[str], stale_before: datetime) -> lis
             c.available_count,
         ).where(
             c.active,
+            c.gpu_model.is_not(None),
             c.last_seen >= stale_before,
             c.availability != Availability.UNAVAILABLE,
             c.market.in_(
@@ -200,6 +231,8 @@ def _market(session: Session, families: set[str], stale_before: datetime) -> lis
                     provider=r.provider,
                     gpu_model=r.gpu_model,
                     gpu_family=family,
+                    form_factor=r.form_factor,
+                    gpus_per_instance=r.gpu_count,
                     jurisdiction=r.jurisdiction,
                     market=r.market,
                     price_per_gpu_hour=r.price_per_gpu_hour,
@@ -250,6 +283,21 @@ def build_report(
 
 # --------------------------------------------------------------------------- JSON
 
+#: The one sign convention of every "versus market" figure (`mtm_*`, the totals' mark to
+#: market), stated in the JSON and the HTML legend; `mtm_class` gives its colour.
+MTM_SIGN_CONVENTION = (
+    "effective rate minus the cheapest like-for-like market rate: positive = paying more "
+    "than today's market (red), negative = paying less (green), zero = at the market"
+)
+
+
+def mtm_class(d: Decimal | None) -> str:
+    """The CSS class of a "versus market" figure: `over` (red) when positive, `under`
+    (green) when negative, none at zero or when there is no comparable."""
+    if d is None or d == 0:
+        return ""
+    return "over" if d > 0 else "under"
+
 
 def _num(d: Decimal | None, places: int | None = None) -> int | float | None:
     """A JSON number (counts, hours, shares): an int when whole."""
@@ -292,6 +340,7 @@ def row_dict(r: CommitmentRisk, row: Reservation, team: str | None) -> dict[str,
         "gpu_model": c.gpu_model,
         "gpu_family": c.gpu_family,
         "gpus": _num(c.gpus),
+        "gpus_per_node": _num(c.gpus_per_node),
         "region": c.region,
         "country": row.country,
         "jurisdiction": c.jurisdiction,
@@ -314,9 +363,12 @@ def row_dict(r: CommitmentRisk, row: Reservation, team: str | None) -> dict[str,
         "usage_samples": u.samples,
         "utilisation": _num(u.ratio),
         "market": m.market,
+        "mtm_basis": m.basis,
         "market_rate_per_gpu_hour": _money(m.market_rate),
         "market_offer_key": m.market_offer_key,
         "market_provider": m.market_provider,
+        "market_gpu_model": m.market_gpu_model,
+        "market_gpus_per_instance": _num(m.market_gpus_per_instance),
         "mtm_monthly": _money(m.monthly_delta),
         "mtm_remaining": _money(m.remaining_delta),
         "mtm_premium": _num(m.premium),
@@ -375,6 +427,7 @@ def to_json(rep: CommitmentReport) -> dict[str, Any]:
         "generated_at": _iso(rep.generated_at),
         "currency": "USD",
         "hours_per_month": _num(risk.HOURS_PER_MONTH),
+        "mtm_sign_convention": MTM_SIGN_CONVENTION,
         "thresholds": thresholds,
         "totals": {
             "reservations": t.reservations,
@@ -429,6 +482,7 @@ CSV_COLUMNS = (
     "gpu_model",
     "gpu_family",
     "gpus",
+    "gpus_per_node",
     "region",
     "country",
     "jurisdiction",
@@ -451,8 +505,12 @@ CSV_COLUMNS = (
     "usage_samples",
     "utilisation",
     "market",
+    "mtm_basis",
     "market_rate_per_gpu_hour",
     "market_offer_key",
+    "market_provider",
+    "market_gpu_model",
+    "market_gpus_per_instance",
     "mtm_monthly",
     "mtm_remaining",
     "mtm_premium",
@@ -462,7 +520,15 @@ CSV_COLUMNS = (
 )
 #: Free-text columns: a cell starting with one of these is prefixed with `'` so a
 #: spreadsheet shows it as text instead of running it as a formula.
-_TEXT_COLUMNS = {"counterparty", "offer_key", "region", "market_offer_key", "stale", "flags"}
+_TEXT_COLUMNS = {
+    "counterparty",
+    "offer_key",
+    "region",
+    "mtm_basis",
+    "market_offer_key",
+    "stale",
+    "flags",
+}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -496,168 +562,6 @@ def to_csv(rep: CommitmentReport) -> str:
 # --------------------------------------------------------------------------- HTML
 
 
-@dataclass(frozen=True)
-class Bar:
-    x: float
-    y: float
-    w: float
-    h: float
-    label: str
-    value: str
-    cls: str = "bar"
-    title: str = ""
-
-
-@dataclass(frozen=True)
-class Chart:
-    id: str
-    title: str
-    width: int
-    height: int
-    bars: list[Bar]
-    texts: list[tuple[float, float, str, str]]  # x, y, text, css class
-    lines: list[tuple[float, float, float, float, str]]  # x1, y1, x2, y2, css class
-    empty: str | None = None
-
-
-def _hbar_chart(
-    chart_id: str, title: str, items: Sequence[tuple[str, Decimal, str]], width: int = 560
-) -> Chart:
-    """Horizontal bars: (label, share 0..1, value text), one per row."""
-    label_w, row_h, pad = 150.0, 26.0, 8.0
-    plot_w = width - label_w - 120
-    height = int(pad * 2 + row_h * max(1, len(items)))
-    bars: list[Bar] = []
-    texts: list[tuple[float, float, str, str]] = []
-    for i, (label, frac, value) in enumerate(items):
-        y = pad + i * row_h
-        w = max(1.0, float(frac) * plot_w)
-        bars.append(Bar(label_w, y + 4, w, row_h - 8, label, value, title=f"{label}: {value}"))
-        texts.append((label_w - 6, y + row_h / 2 + 4, label, "label end"))
-        texts.append((label_w + w + 6, y + row_h / 2 + 4, value, "value"))
-    return Chart(
-        chart_id,
-        title,
-        width,
-        height,
-        bars,
-        texts,
-        [],
-        empty=None if items else "No live commitments.",
-    )
-
-
-def _spend_chart(chart_id: str, title: str, conc: risk.Concentration) -> Chart:
-    items = [
-        (s.name, s.spend_share, f"{risk.usd(s.spend)} ({risk.pct(s.spend_share)})")
-        for s in conc.shares
-    ]
-    return _hbar_chart(chart_id, title, items)
-
-
-def _cliff_chart(weeks: Sequence[risk.CliffWeek], width: int = 1100) -> Chart:
-    left, bottom, top = 48, 36, 14
-    height = 240
-    plot_h = height - bottom - top
-    n = max(1, len(weeks))
-    step = (width - left - 10) / n
-    peak = max([w.gpus_live for w in weeks] + [Decimal(1)])
-    bars: list[Bar] = []
-    texts: list[tuple[float, float, str, str]] = []
-    lines: list[tuple[float, float, float, float, str]] = []
-    base = top + plot_h
-    lines.append((left, base, width - 10, base, "axis"))
-    for frac in (Decimal("0.5"), Decimal(1)):
-        y = base - float(frac) * plot_h
-        lines.append((left, y, width - 10, y, "grid"))
-        texts.append(
-            (left - 6, y + 4, risk.count_text((peak * frac).quantize(Decimal(1))), "tick end")
-        )
-    for i, w in enumerate(weeks):
-        week = f"week of {w.week_start:%Y-%m-%d}"
-        expiring = risk.count_text(w.gpus_expiring)
-        x = left + i * step + 2
-        bw = max(2.0, step - 4)
-        live_h = float(w.gpus_live / peak) * plot_h
-        bars.append(
-            Bar(
-                x,
-                base - live_h,
-                bw,
-                live_h,
-                week,
-                "",
-                "live",
-                title=f"{week}: {risk.count_text(w.gpus_live)} GPUs committed",
-            )
-        )
-        if w.gpus_expiring:
-            h = float(w.gpus_expiring / peak) * plot_h
-            cls = "cliff flagged" if w.flagged else "cliff"
-            title = (
-                f"{week}: {expiring} GPUs expire, {risk.count_text(w.gpus_unreplaced)} unreplaced"
-            )
-            bars.append(Bar(x, base - h, bw, h, week, expiring, cls, title=title))
-            texts.append((x + bw / 2, base - h - 4, expiring, "value middle"))
-        if i % 4 == 0:
-            texts.append((x + bw / 2, base + 16, f"{w.week_start:%d %b}", "tick middle"))
-    return Chart(
-        "chart-expiry",
-        "GPUs committed (grey) and expiring (orange; red = cliff) per week",
-        width,
-        height,
-        bars,
-        texts,
-        lines,
-        empty=None if any(w.gpus_live for w in weeks) else "No live commitments.",
-    )
-
-
-def _utilisation_chart(rows: Sequence[CommitmentRisk], floor: Decimal, width: int = 1100) -> Chart:
-    label_w, row_h, pad = 200.0, 24.0, 8.0
-    plot_w = width - label_w - 70
-    height = int(pad * 2 + row_h * max(1, len(rows)) + 16)
-    bars: list[Bar] = []
-    texts: list[tuple[float, float, str, str]] = []
-    for i, r in enumerate(rows):
-        y = pad + i * row_h
-        label = r.commitment.label
-        texts.append((label_w - 6, y + row_h / 2 + 4, label, "label end"))
-        ratio = r.utilisation.ratio
-        if ratio is None:
-            texts.append((label_w + 4, y + row_h / 2 + 4, "no usage reported", "muted"))
-            continue
-        w = max(1.0, min(float(ratio), 1.0) * plot_w)
-        cls = "bar low" if ratio < floor else "bar ok"
-        bars.append(
-            Bar(
-                label_w,
-                y + 4,
-                w,
-                row_h - 8,
-                label,
-                risk.pct(ratio),
-                cls,
-                title=f"{label}: {risk.pct(ratio)} used",
-            )
-        )
-        texts.append((label_w + w + 6, y + row_h / 2 + 4, risk.pct(ratio), "value"))
-    fx = label_w + float(floor) * plot_w
-    bottom = pad + row_h * max(1, len(rows))
-    lines = [(fx, pad, fx, bottom, "floor")]
-    texts.append((fx, bottom + 12, f"floor {risk.pct(floor)}", "tick middle"))
-    return Chart(
-        "chart-utilisation",
-        "Utilisation per reservation (used / committed GPU-hours over the reported periods)",
-        width,
-        height,
-        bars,
-        texts,
-        lines,
-        empty=None if rows else "No live commitments.",
-    )
-
-
 @cache
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -671,6 +575,9 @@ def _environment() -> jinja2.Environment:
     env.filters["pct"] = lambda d: "" if d is None else risk.pct(d)
     env.filters["num"] = lambda d: "" if d is None else risk.count_text(d)
     env.filters["rate"] = lambda d: "" if d is None else risk.rate_text(d)
+    env.filters["signed_usd"] = lambda d: "" if d is None else risk.signed_usd(d)
+    env.filters["signed_pct"] = lambda d: "" if d is None else risk.signed_pct(d)
+    env.filters["mtm_class"] = mtm_class
     env.filters["day"] = lambda t: "" if t is None else f"{t:%Y-%m-%d}"
     env.filters["stamp"] = lambda t: "" if t is None else f"{t:%Y-%m-%d %H:%M} UTC"
     env.filters["f1"] = lambda x: f"{x:.1f}"
@@ -682,16 +589,16 @@ def to_html(rep: CommitmentReport) -> str:
     r = rep.risk
     by_id = rep.by_id
     charts = [
-        _spend_chart(
+        spend_chart(
             "chart-spend-provider", "Remaining spend by provider", r.concentration["provider"]
         ),
-        _spend_chart(
+        spend_chart(
             "chart-spend-jurisdiction",
             "Remaining spend by jurisdiction",
             r.concentration["jurisdiction"],
         ),
-        _cliff_chart(r.expiry_cliffs),
-        _utilisation_chart(r.rows, r.thresholds.utilisation_floor),
+        cliff_chart(r.expiry_cliffs),
+        utilisation_chart(r.rows, r.thresholds.utilisation_floor),
     ]
     return (
         _environment()
@@ -704,6 +611,7 @@ def to_html(rep: CommitmentReport) -> str:
             charts={c.id: c for c in charts},
             generated_at=rep.generated_at,
             hours_per_month=risk.HOURS_PER_MONTH,
+            untracked=risk.UNTRACKED_PROVIDER,
             warnings=sum(1 for f in r.flags if f.severity == risk.Severity.WARNING),
         )
     )
@@ -750,10 +658,12 @@ def parse_as_of(text: str) -> datetime:
 __all__ = [
     "CSV_COLUMNS",
     "MEDIA_TYPES",
+    "MTM_SIGN_CONVENTION",
     "CommitmentReport",
     "ReportFormat",
     "build_report",
     "load_book",
+    "mtm_class",
     "parse_as_of",
     "render",
     "to_csv",

@@ -1,5 +1,7 @@
 """`GET /v1/reports/commitments` over HTTP (SQLite and PostgreSQL) on the bundled sample
-market: totals, mark-to-market against the best comparable live offer, concentration, expiry
+market and on a real snapshot of the market data set: totals, mark-to-market against the
+cheapest like-for-like live offer (same family and form factor, at least the GPUs per node),
+the counterparty's name, the sign and colour of "versus market", concentration, expiry
 cliffs, utilisation, stale data, as_of, team scope, CSV and HTML. Every expectation is
 recomputed here from the inputs and the offers table, not read back from the code."""
 
@@ -10,21 +12,28 @@ import io
 import re
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from sqlalchemy import Engine, func, or_, select
 
 from broker.auth import Role, create_api_key
 from broker.db import session_scope
+from broker.domain import Market, Offer
 from broker.models import LedgerEntry, StoredOffer
-from broker.polling import ReplaySummary
+from broker.polling import ReplaySummary, replay_results
 from broker.reports import CSV_COLUMNS
+from providers import replay
 from tests.api.conftest import T0, Clock, Keys, TestClient, bearer
-from tests.api.test_reservations import hours
+from tests.api.test_reservations import hours, ingest
 
 D = timedelta(days=1)
 CENT = Decimal("0.01")
+#: The form factor a model name states (the catalogue's H100 variants); others state none.
+FORM_FACTOR = {"H100-SXM": "SXM", "H100-PCIe": "PCIe", "H100-NVL": "NVL", "H200-NVL": "NVL"}
+#: The real snapshot replayed for the like-for-like test (the newest of the data set).
+REAL_SNAPSHOT = "2026-05-20"
 
 
 def iso(t: datetime) -> str:
@@ -41,7 +50,7 @@ BOOK: list[dict[str, Any]] = [
         "region": "europe-central-1",
         "starts_at": iso(T0 - 30 * D),
         "ends_at": iso(T0 + 60 * D),
-        "rate_per_gpu_hour": "3.50",
+        "rate_per_gpu_hour": "4.50",
         "kind": "contract",
         "counterparty": "Lambda",
     },
@@ -88,6 +97,16 @@ def gpus(b: dict[str, Any]) -> Decimal:
     return Decimal(str(b["gpus"]))
 
 
+def rate(b: dict[str, Any]) -> Decimal:
+    return Decimal(b["rate_per_gpu_hour"])
+
+
+def remaining(b: dict[str, Any], now: datetime) -> Decimal:
+    """What is left to pay of reservation `b` after `now`."""
+    start = max(iso(now), b["starts_at"])
+    return rate(b) * gpus(b) * hours(start, b["ends_at"])
+
+
 @pytest.fixture
 def book(client: TestClient, keys: Keys, market: ReplaySummary) -> list[dict[str, Any]]:
     out = []
@@ -123,30 +142,77 @@ def report(client: TestClient, key: str, **params: str) -> Any:
     return r
 
 
-def best_market(
-    engine: Engine, family: str, jurisdiction: str, market: str, now: datetime, gpus: Decimal
-) -> tuple[Decimal, str] | None:
-    """The cheapest fresh, not sold-out live offer of a family in a jurisdiction and market
-    that can supply `gpus` (a Vast listing is one machine: only if it alone holds them), by
-    SQL."""
+class MarketRow(NamedTuple):
+    price: Decimal
+    key: str
+    gpu_model: str
+    form_factor: str | None
+    gpu_count: Decimal
+
+
+def market_rows(
+    engine: Engine,
+    family: str,
+    jurisdiction: str,
+    market: str,
+    now: datetime,
+    gpus: Decimal,
+    *,
+    form_factor: str | None = None,
+    per_node: Decimal | None = None,
+) -> list[MarketRow]:
+    """Fresh, not sold-out live offers of a family in a jurisdiction and market that can
+    supply `gpus` (a Vast listing is one machine: only if it alone holds them), of
+    `form_factor` and at least `per_node` GPUs per instance when given, cheapest first
+    (then by key), by SQL over the offers table."""
     o = StoredOffer.__table__  # type: ignore[attr-defined]
     machine_gpus = o.c.gpu_count * func.coalesce(o.c.available_count, 1)
+    stmt = (
+        select(o.c.price_per_gpu_hour, o.c.key, o.c.gpu_model, o.c.form_factor, o.c.gpu_count)
+        .where(
+            o.c.active,
+            o.c.gpu_family == family,
+            o.c.jurisdiction == jurisdiction,
+            o.c.market == market,
+            o.c.availability != "unavailable",
+            o.c.last_seen >= now - timedelta(minutes=120),
+            or_(o.c.provider != "vast", machine_gpus >= gpus),
+        )
+        .order_by(o.c.price_per_gpu_hour, o.c.key)
+    )
+    if form_factor is not None:
+        stmt = stmt.where(o.c.form_factor == form_factor)
+    if per_node is not None:
+        stmt = stmt.where(o.c.gpu_count >= per_node)
     with engine.connect() as conn:
-        row = conn.execute(
-            select(o.c.price_per_gpu_hour, o.c.key)
-            .where(
-                o.c.active,
-                o.c.gpu_family == family,
-                o.c.jurisdiction == jurisdiction,
-                o.c.market == market,
-                o.c.availability != "unavailable",
-                o.c.last_seen >= now - timedelta(minutes=120),
-                or_(o.c.provider != "vast", machine_gpus >= gpus),
-            )
-            .order_by(o.c.price_per_gpu_hour, o.c.key)
-            .limit(1)
-        ).first()
-    return None if row is None else (Decimal(row[0]), row[1])
+        return [
+            MarketRow(Decimal(r[0]), r[1], r[2], r[3], Decimal(r[4])) for r in conn.execute(stmt)
+        ]
+
+
+def best_market(
+    engine: Engine,
+    family: str,
+    jurisdiction: str,
+    market: str,
+    now: datetime,
+    gpus: Decimal,
+    *,
+    form_factor: str | None = None,
+    per_node: Decimal | None = None,
+) -> tuple[Decimal, str] | None:
+    """The cheapest of `market_rows`: (price, key)."""
+    rows = market_rows(
+        engine, family, jurisdiction, market, now, gpus, form_factor=form_factor, per_node=per_node
+    )
+    return None if not rows else (rows[0].price, rows[0].key)
+
+
+def party(b: dict[str, Any]) -> str:
+    """Whom a reservation is with, as the report must name it."""
+    if b["provider"] != "other":
+        return str(b["provider"])
+    return str(b["counterparty"] or "other (counterparty not recorded)")
 
 
 def q(d: Decimal, places: str = "0.01") -> Decimal:
@@ -161,10 +227,6 @@ def test_json_report_totals_mark_to_market_and_flags(
     rows = {r["id"]: r for r in body["reservations"]}
     assert set(rows) == {b["id"] for b in book}  # not the cancelled one, not the one over
     now = clock()
-
-    def rate(b: dict[str, Any]) -> Decimal:
-        return Decimal(b["rate_per_gpu_hour"])
-
     running = [b for b in book if b["starts_at"] <= iso(now)]
     hourly = sum((rate(b) * gpus(b) for b in running), Decimal(0))
     t = body["totals"]
@@ -172,31 +234,36 @@ def test_json_report_totals_mark_to_market_and_flags(
     assert Decimal(t["monthly_run_rate"]) == q(hourly * 730)
     assert t["gpus_running"] == sum(gpus(b) for b in running) == 88
     assert t["gpus_committed"] == 96 and t["reservations"] == 4
-
-    def remaining(b: dict[str, Any]) -> Decimal:
-        start = max(iso(now), b["starts_at"])
-        return rate(b) * gpus(b) * hours(start, b["ends_at"])
-
-    assert Decimal(t["remaining_commitment"]) == sum(q(remaining(b)) for b in book)
+    assert Decimal(t["remaining_commitment"]) == sum(q(remaining(b, now)) for b in book)
     total = sum(
         q(rate(b) * gpus(b) * hours(b["starts_at"], b["ends_at"]) + Decimal(b["upfront_fee_usd"]))
         for b in book
     )
     assert Decimal(t["total_commitment"]) == total
 
-    # Mark-to-market: each row against the cheapest fresh on-demand offer of its family in
-    # its jurisdiction, by SQL over the offers table.
+    # Mark-to-market: each row against the cheapest fresh on-demand offer of its family (and
+    # form factor, when its model names one) in its jurisdiction, by SQL over the offers
+    # table. External commitments record no GPUs per node: any instance size compares.
     monthly_sum = Decimal(0)
     for b in book:
         row = rows[b["id"]]
-        best = best_market(engine, b["gpu_family"], b["jurisdiction"], "on_demand", now, gpus(b))
+        assert row["gpus_per_node"] is None
+        best = best_market(
+            engine,
+            b["gpu_family"],
+            b["jurisdiction"],
+            "on_demand",
+            now,
+            gpus(b),
+            form_factor=FORM_FACTOR.get(b["gpu_model"]),
+        )
         eff = rate(b) + Decimal(b["upfront_fee_usd"]) / (
             gpus(b) * hours(b["starts_at"], b["ends_at"])
         )
         assert Decimal(row["effective_rate_per_gpu_hour"]) == q(eff, "0.000001")
         if best is None:
             assert row["market_rate_per_gpu_hour"] is None and row["mtm_monthly"] is None
-            assert "no fresh on_demand offer" in row["mtm_note"]
+            assert row["mtm_note"].startswith("no fresh on_demand offers of")
             continue
         price, key = best
         assert row["market_offer_key"] == key
@@ -205,23 +272,37 @@ def test_json_report_totals_mark_to_market_and_flags(
         assert Decimal(row["mtm_monthly"]) == monthly
         monthly_sum += monthly
     assert Decimal(t["monthly_mark_to_market"]) == monthly_sum
-    # The sample market has EU H100 on demand (from $1.98) and US A100: all but the
-    # colo's L4 in CH have a comparable.
-    assert [rows[b["id"]]["market_rate_per_gpu_hour"] is None for b in book] == [
-        False,
-        False,
-        False,
-        best_market(engine, "L4", "CH", "on_demand", now, Decimal(8)) is None,
-    ]
-    lam, gcp, az, _colo = (rows[b["id"]] for b in book)
-    # Lambda at $3.50 is far above the EU market: flagged with a sentence.
+    lam, gcp, _az, _colo = (rows[b["id"]] for b in book)
+    # The sample market has EU H100-SXM on demand: the SXM contract is marked against SXM.
+    assert lam["market_offer_key"] is not None and gcp["market_offer_key"] is not None
+    assert lam["mtm_basis"] == (
+        "on_demand offers of H100-SXM of any instance size (the commitment records no GPUs "
+        "per node) in EU"
+    )
+    assert lam["market_gpu_model"] == "H100-SXM"
+    # Sign convention: Lambda at $4.50 is above the EU SXM market (positive, flagged with a
+    # sentence); GCP at $1.20 is below it (negative, not flagged).
+    assert body["mtm_sign_convention"].startswith("effective rate minus")
+    assert Decimal(lam["mtm_monthly"]) > 0 and lam["mtm_premium"] > 0
     over = [f for f in lam["flags"] if f["kind"] == "overpaying"]
     assert over and lam["market_offer_key"] in over[0]["message"]
     assert f"${Decimal(lam['mtm_monthly']):,.2f}/month" in over[0]["message"]
-    assert Decimal(gcp["mtm_monthly"]) < 0 and not any(
-        f["kind"] == "overpaying" for f in gcp["flags"]
+    assert "above the market" in over[0]["message"]
+    assert Decimal(gcp["mtm_monthly"]) < 0 and gcp["mtm_premium"] < 0
+    assert not any(f["kind"] == "overpaying" for f in gcp["flags"])
+    assert Decimal(t["monthly_overpayment"]) == sum(
+        (Decimal(r["mtm_monthly"]) for r in rows.values() if (r["mtm_monthly"] or "0")[0] != "-"),
+        Decimal(0),
     )
 
+
+def test_json_report_utilisation_concentration_and_cliffs(
+    client: TestClient, keys: Keys, book: list[dict[str, Any]], clock: Clock
+) -> None:
+    body = report(client, keys.admin).json()
+    rows = {r["id"]: r for r in body["reservations"]}
+    lam, gcp, az, _colo = (rows[b["id"]] for b in book)
+    now = clock()
     # Utilisation of the Lambda reservation: (0.4 + 0.5) / 2 over two full weeks.
     assert lam["utilisation"] == 0.45 and lam["usage_samples"] == 2
     assert any(f["kind"] == "low_utilisation" for f in lam["flags"])
@@ -233,13 +314,15 @@ def test_json_report_totals_mark_to_market_and_flags(
     # Concentration by remaining spend, recomputed.
     spend: dict[str, Decimal] = {}
     gpu_hours: dict[str, Decimal] = {}
-    for b in book:
+    for b in book:  # by whom each is with: the colo by its counterparty, not as "other"
         left = hours(max(iso(now), b["starts_at"]), b["ends_at"])
-        spend[b["provider"]] = spend.get(b["provider"], Decimal(0)) + remaining(b)
-        gpu_hours[b["provider"]] = gpu_hours.get(b["provider"], Decimal(0)) + gpus(b) * left
+        spend[party(b)] = spend.get(party(b), Decimal(0)) + remaining(b, now)
+        gpu_hours[party(b)] = gpu_hours.get(party(b), Decimal(0)) + gpus(b) * left
+    assert "other" not in spend and BOOK[3]["counterparty"] in spend
     whole = sum(spend.values(), Decimal(0))
     whole_gh = sum(gpu_hours.values(), Decimal(0))
     shares = {s["name"]: s for s in body["concentration"]["provider"]["shares"]}
+    assert set(shares) == set(spend)
     for name, value in spend.items():
         assert Decimal(shares[name]["spend"]) == q(value)
         assert Decimal(str(shares[name]["spend_share"])) == q(value / whole, "0.0001")
@@ -354,6 +437,8 @@ def test_csv_report_opens_as_a_table(
         assert x["flag_kinds"].split() == [f["kind"] for f in j["flags"]]
         assert x["flags"] == " | ".join(f["message"] for f in j["flags"])
         assert x["starts_at"] == j["starts_at"] and x["gpus"] == str(j["gpus"])
+        assert x["mtm_basis"] == j["mtm_basis"] and x["gpus_per_node"] == ""
+        assert x["market_provider"] == (j["market_provider"] or "")
     # A formula in free text is neutralised; the value is kept.
     gcp = next(x for x in rows if int(x["id"]) == book[1]["id"])
     assert gcp["counterparty"] == "'" + BOOK[1]["counterparty"]
@@ -383,6 +468,56 @@ def test_html_report_is_self_contained_with_charts(
     for b in book:
         assert f">{b['id']}</td>" in html
 
+    # "Versus market": positive = red `over` with a `+`, negative = green `under`, in the
+    # table as in the JSON; the legend and the card say the same.
+    rows = {r["id"]: r for r in report(client, keys.member).json()["reservations"]}
+    cells = mtm_cells(html)
+    assert set(cells) == set(rows)
+    signs = set()
+    for rid, (cls, value, text) in cells.items():
+        delta = rows[rid]["mtm_monthly"]
+        if delta is None:
+            assert (cls, value, text) == ("", None, "")
+            continue
+        d = Decimal(delta)
+        signs.add((d > 0) - (d < 0))
+        assert value == delta
+        expected = "over" if d > 0 else "under" if d < 0 else ""
+        assert cls == expected, (rid, delta, cls)
+        assert text.startswith("+$" if d > 0 else "-$" if d < 0 else "$")
+    assert signs >= {1, -1}  # the book has both
+    assert_mtm_colours(html)
+    legend = re.search(r'<p class="legend" id="mtm-legend">(.*?)</p>', html, re.S)
+    assert legend and "paying more than the market" in legend.group(1)
+    assert '<span class="mtm over">+ red' in legend.group(1)
+    assert '<span class="mtm under">− green' in legend.group(1)
+    total = Decimal(report(client, keys.member).json()["totals"]["monthly_mark_to_market"])
+    card = re.search(r'<div id="mtm-total" class="v mtm ?(\w*)" data-mtm="([^"]+)">', html)
+    assert card and Decimal(card.group(2)) == total
+    assert card.group(1) == ("over" if total > 0 else "under" if total < 0 else "")
+
+
+def mtm_cells(html: str) -> dict[int, tuple[str, str | None, str]]:
+    """Reservation id -> (colour class, data-mtm, text) of its "Vs market" cell."""
+    out = {}
+    for m in re.finditer(r'<tr>\s*<td class="n">(\d+)</td>(.*?)</tr>', html, re.S):
+        cell = re.search(
+            r'<td class="n mtm ?(\w*)"(?: data-mtm="([^"]*)")?>(.*?)</td>', m.group(2), re.S
+        )
+        assert cell, m.group(0)
+        text = re.sub(r"<[^>]+>", " ", cell.group(3)).strip()
+        out[int(m.group(1))] = (cell.group(1), cell.group(2), text)
+    return out
+
+
+def assert_mtm_colours(html: str) -> None:
+    """The stylesheet paints `over` in the red and `under` in the green of the page."""
+    bad = re.search(r"--bad: (#[0-9a-f]{6})", html)
+    ok = re.search(r"--ok: (#[0-9a-f]{6})", html)
+    assert bad and ok and (bad.group(1), ok.group(1)) == ("#dc2626", "#16a34a")
+    assert ".mtm.over { color: var(--bad); }" in html
+    assert ".mtm.under { color: var(--ok); }" in html
+
 
 def test_empty_book_renders_in_every_format(client: TestClient, keys: Keys) -> None:
     assert report(client, keys.member).json()["reservations"] == []
@@ -407,3 +542,189 @@ def test_report_is_team_scoped(
     assert [x["id"] for x in beta["reservations"]] == [r.json()["id"]]
     alpha = report(client, keys.member).json()
     assert r.json()["id"] not in {x["id"] for x in alpha["reservations"]}
+
+
+# ------------------------------------------------------- like for like, on real data
+
+
+@pytest.fixture
+def real_market(engine: Engine, clock: Clock, data_dir: Path) -> ReplaySummary:
+    """The newest real snapshot of the market data set, polled at the clock."""
+    folder = data_dir / "offers" / REAL_SNAPSHOT
+    result = replay.read_snapshot(folder, fetched_at=clock())
+    summary = replay_results(engine, [(folder.name, result)], clock=clock)
+    assert summary.offers > 0 and not summary.errors, summary.errors
+    return summary
+
+
+def test_the_brokers_own_pick_is_marked_like_for_like_on_a_real_snapshot(
+    client: TestClient, keys: Keys, engine: Engine, clock: Clock, real_market: ReplaySummary
+) -> None:
+    now = clock()
+    # The real EU market sells H100s cheaper than an 8-GPU SXM node: a 1-GPU NVL or PCIe
+    # card. Those are what a family-only comparison marked the node against.
+    any_h100 = market_rows(engine, "H100", "EU", "on_demand", now, Decimal(8))
+    nodes = market_rows(
+        engine, "H100", "EU", "on_demand", now, Decimal(8), form_factor="SXM", per_node=Decimal(8)
+    )
+    assert nodes and any_h100[0].price < nodes[0].price
+    assert any_h100[0].form_factor != "SXM" or any_h100[0].gpu_count < 8
+
+    # Book the broker's top pick for 8 × H100-SXM in the EU, as a user would.
+    r = client.post(
+        "/v1/requests",
+        json={
+            "name": "8x H100-SXM in the EU",
+            "gpu_models": ["H100-SXM"],
+            "gpus": 8,
+            "gpus_per_node": 8,
+            "duration_hours": 336,
+            "residency": {"allow": ["EU"]},
+            "markets": ["on_demand"],
+        },
+        headers=bearer(keys.member),
+    )
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    rec = client.get(f"/v1/requests/{rid}/recommendations", headers=bearer(keys.member)).json()
+    pick = rec["options"][0]
+    booked = client.post(
+        f"/v1/requests/{rid}/reserve", json={"offers": pick["offers"]}, headers=bearer(keys.member)
+    )
+    assert booked.status_code == 201, booked.text
+    (res,) = booked.json()["reservations"]
+    assert (res["gpu_model"], res["gpus"], res["instances"]) == ("H100-SXM", 8, 1)
+
+    row = next(
+        x for x in report(client, keys.member).json()["reservations"] if x["id"] == res["id"]
+    )
+    assert row["gpus_per_node"] == 8 and row["counterparty"] == res["provider"]
+    # The comparable is an SXM offer of at least 8 GPUs per instance...
+    (offer,) = [x for x in nodes if x.key == row["market_offer_key"]]
+    assert offer.form_factor == "SXM" and offer.gpu_count >= 8
+    assert row["market_gpu_model"] == offer.gpu_model == "H100-SXM"
+    assert Decimal(str(row["market_gpus_per_instance"])) == offer.gpu_count
+    # ... the cheapest of them, computed here from the offers table.
+    assert row["market_offer_key"] == nodes[0].key
+    assert Decimal(row["market_rate_per_gpu_hour"]) == nodes[0].price
+    rate = Decimal(res["rate_per_gpu_hour"])
+    assert Decimal(row["mtm_monthly"]) == q((rate - nodes[0].price) * 8 * 730)
+    # Never one of the cheaper cards of another form factor or fewer GPUs per node.
+    unlike = {x.key for x in any_h100 if x.form_factor != "SXM" or x.gpu_count < 8}
+    assert row["market_offer_key"] not in unlike
+    # The booked offer is itself like for like: the market is at most its rate; the top
+    # pick, the cheapest node, is at the market and not "overpaying".
+    assert nodes[0].price <= rate
+    if res["offer_key"] == nodes[0].key:
+        assert Decimal(row["mtm_monthly"]) == 0 and row["mtm_premium"] == 0
+    assert not any(f["kind"] == "overpaying" for f in row["flags"])
+    html = report(client, keys.member, format="html").text
+    assert mtm_cells(html)[res["id"]][0] == ("" if rate == nodes[0].price else "over")
+
+
+def test_external_commitments_compare_with_the_form_factor_they_name_on_a_real_snapshot(
+    client: TestClient, keys: Keys, engine: Engine, clock: Clock, real_market: ReplaySummary
+) -> None:
+    now = clock()
+    sxm: dict[str, Any] = {
+        "provider": "lambda_cloud",
+        "gpu_model": "H100-SXM",
+        "gpus": 8,
+        "region": "europe-central-1",
+        "starts_at": iso(now - D),
+        "ends_at": iso(now + 30 * D),
+        "rate_per_gpu_hour": "3.50",
+        "kind": "contract",
+    }
+    plain = {**sxm, "gpu_model": "H100"}
+    ids = []
+    for body in (sxm, plain):
+        r = client.post("/v1/reservations", json=body, headers=bearer(keys.member))
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    rows = {x["id"]: x for x in report(client, keys.member).json()["reservations"]}
+    # No node size is recorded: any instance size compares, and the report says so.
+    assert rows[ids[0]]["gpus_per_node"] is None
+    assert "of any instance size" in rows[ids[0]]["mtm_basis"]
+    any_h100 = market_rows(engine, "H100", "EU", "on_demand", now, Decimal(8))
+    any_sxm = market_rows(engine, "H100", "EU", "on_demand", now, Decimal(8), form_factor="SXM")
+    assert any_h100[0].form_factor != "SXM"  # the real market has a cheaper non-SXM H100
+    # H100-SXM: the cheapest SXM offer of any size, never the cheaper PCIe or NVL card.
+    assert rows[ids[0]]["market_offer_key"] == any_sxm[0].key
+    assert Decimal(rows[ids[0]]["market_rate_per_gpu_hour"]) == any_sxm[0].price
+    # Plain H100 names no form factor: the cheapest H100 of any form factor.
+    assert rows[ids[1]]["market_offer_key"] == any_h100[0].key
+    assert Decimal(rows[ids[1]]["mtm_monthly"]) == q(
+        (Decimal(plain["rate_per_gpu_hour"]) - any_h100[0].price) * 8 * 730
+    )
+
+
+def test_the_counterparty_is_named_never_other(client: TestClient, keys: Keys) -> None:
+    colo = {**BOOK[3], "counterparty": "Zurich Colo AG"}
+    unnamed = {**BOOK[3], "counterparty": None, "gpus": 4}
+    ids = []
+    for body in (colo, unnamed):
+        r = client.post("/v1/reservations", json=body, headers=bearer(keys.member))
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    body = report(client, keys.member).json()
+    names = {s["name"] for s in body["concentration"]["provider"]["shares"]}
+    assert names == {"Zurich Colo AG", "other (counterparty not recorded)"}
+    regions = {s["name"] for s in body["concentration"]["region"]["shares"]}
+    assert regions == {
+        f"Zurich Colo AG/{BOOK[3]['region']}",
+        f"other (counterparty not recorded)/{BOOK[3]['region']}",
+    }
+    rows = {r["id"]: r for r in body["reservations"]}
+    assert rows[ids[0]]["provider"] == "other"  # the record is kept as it was recorded
+    assert rows[ids[0]]["counterparty"] == "Zurich Colo AG"
+    assert rows[ids[1]]["counterparty"] is None  # nothing invented
+    for f in body["flags"]:
+        assert ", other)" not in f["message"] and f["subject"] != "provider other"
+    (conc,) = [f for f in body["flags"] if f["kind"] == "provider_concentration"]
+    assert conc["subject"] == "provider Zurich Colo AG" and conc["reservation_ids"] == [ids[0]]
+    held = (Decimal(colo["gpus"]) / (colo["gpus"] + unnamed["gpus"]) * 100).quantize(Decimal("0.1"))
+    assert conc["message"].startswith(f"Provider Zurich Colo AG holds {held}% of the remaining")
+    html = report(client, keys.member, format="html").text
+    parties = re.findall(r'<td class="party">([^<]*)<div class="sub">([^<]*)</div>', html)
+    assert [(p.strip(), "provider not tracked by the broker" in sub) for p, sub in parties] == [
+        ("Zurich Colo AG", True),
+        ("other (counterparty not recorded)", True),
+    ]
+    assert re.search(r'<text [^>]*class="label end">Zurich Colo AG</text>', html)
+
+
+def test_an_offer_of_an_unknown_accelerator_is_never_a_comparable(
+    client: TestClient, keys: Keys, engine: Engine, clock: Clock, real_market: ReplaySummary
+) -> None:
+    # An accelerator the catalogue does not know is kept with gpu_model NULL: it is like
+    # nothing in the book, however cheap.
+    unknown = Offer(
+        provider="aws",
+        region="eu-central-1",
+        instance_type="x9.mystery",
+        market=Market.ON_DEMAND,
+        gpu_model=None,
+        gpu_name_raw="Mystery X1",
+        accelerator_kind=None,
+        gpu_count=Decimal(8),
+        price_per_hour=Decimal("0.08"),
+        country="DE",
+        jurisdiction="EU",
+    )
+    ingest(engine, [unknown], clock())
+    body = {
+        "provider": "aws",
+        "gpu_model": "H100",
+        "gpus": 8,
+        "region": "eu-central-1",
+        "starts_at": iso(clock() - D),
+        "ends_at": iso(clock() + 30 * D),
+        "rate_per_gpu_hour": "3.00",
+        "kind": "contract",
+    }
+    r = client.post("/v1/reservations", json=body, headers=bearer(keys.member))
+    assert r.status_code == 201, r.text
+    (row,) = report(client, keys.member).json()["reservations"]
+    expected = best_market(engine, "H100", "EU", "on_demand", clock(), Decimal(8))
+    assert expected is not None and row["market_offer_key"] == expected[1] != unknown.key

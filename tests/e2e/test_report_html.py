@@ -1,8 +1,9 @@
 """The commitment report as a user gets it: `broker report commitments` (a real process, a
 real database file with the bundled sample market and a book of commitments) writes HTML,
 JSON and CSV; the HTML page is opened in a real headless Chromium (Debian's `chromium`): the
-DOM it builds holds the four SVG charts, and a screenshot shows them (the bars' colours
-are in the pixels).
+DOM it builds holds the four SVG charts, a screenshot shows them (the bars' colours are in
+the pixels), and the colour the browser computes for each "versus market" figure follows
+its sign in the JSON (positive = paying more than the market = red, negative = green).
 
 Without Chromium the browser tests skip, except under CI (CI=true), where they fail:
 `.ci/run` must install it (`apt-get install -y chromium`)."""
@@ -37,6 +38,20 @@ CHARTS = ("chart-spend-provider", "chart-spend-jurisdiction", "chart-expiry", "c
 #: The template's colours of a flagged expiry week / low utilisation (red) and spend bars.
 RED = (0xDC, 0x26, 0x26)
 BLUE = (0x25, 0x63, 0xEB)
+#: The template's red (paying more than the market), green (paying less) and ink (at it).
+CSS_RED, CSS_GREEN, CSS_INK = "rgb(220, 38, 38)", "rgb(22, 163, 74)", "rgb(29, 36, 48)"
+#: Appended to a copy of the page (the report itself runs no script): writes the colour the
+#: browser computed for every "versus market" figure and legend entry into the DOM.
+PROBE = """<script>
+const probe = [...document.querySelectorAll("[data-mtm], #mtm-legend .mtm")].map((e) => ({
+  id: e.id, mtm: e.dataset.mtm ?? null, cls: e.className, text: e.textContent.trim(),
+  colour: getComputedStyle(e).color,
+}));
+const pre = document.createElement("pre");
+pre.id = "probe";
+pre.textContent = JSON.stringify(probe);
+document.body.appendChild(pre);
+</script>"""
 
 
 def need_chromium() -> str:
@@ -90,7 +105,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     d = timedelta(days=1)
     book = [
-        commitment(now, counterparty="Lambda <EU>"),
+        # Above the EU H100-SXM market (red); the GCP contract below is under it (green).
+        commitment(now, counterparty="Lambda <EU>", rate_per_gpu_hour="4.50"),
         commitment(
             now,
             provider="gcp",
@@ -123,6 +139,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             starts_at=now + 7 * d,
             ends_at=now + 97 * d,
             rate_per_gpu_hour="0.90",
+            counterparty="Zurich Colo AG",
         ),
     ]
     with db.session_scope(engine) as session:
@@ -282,3 +299,35 @@ def test_html_report_renders_in_headless_chromium(store: dict[str, Any]) -> None
     assert len(colours) > 50, f"the page looks blank: {len(colours)} colours"
     assert RED in colours, "no red bar (flagged expiry week, low utilisation) was painted"
     assert BLUE in colours, "no spend bar was painted"
+
+
+def test_versus_market_colour_follows_its_sign_in_headless_chromium(store: dict[str, Any]) -> None:
+    browser = need_chromium()
+    env, tmp = store["env"], store["tmp"]
+    body = json.loads(run(env, "report", "commitments", "--team", "alpha").stdout)
+    deltas = [Decimal(r["mtm_monthly"]) for r in body["reservations"] if r["mtm_monthly"]]
+    assert any(d > 0 for d in deltas) and any(d < 0 for d in deltas)  # both signs shown
+    page = tmp / "mtm.html"
+    run(env, "report", "commitments", "--team", "alpha", "--format", "html", "-o", str(page))
+    html = page.read_text(encoding="utf-8")
+    assert "Zurich Colo AG" in html and ", other)" not in html  # the colo is named
+    probe = tmp / "mtm-probe.html"
+    probe.write_text(html.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    dom = chromium(browser, tmp / "profile-mtm", "--dump-dom", probe.resolve().as_uri())
+    assert dom.returncode == 0, dom.stderr
+    start = dom.stdout.index('<pre id="probe">') + len('<pre id="probe">')
+    seen = json.loads(dom.stdout[start : dom.stdout.index("</pre>", start)])
+    figures = [x for x in seen if x["mtm"] is not None]
+    # The table's figures are the JSON's, one per reservation with a comparable, plus the
+    # headline card (the month's total).
+    assert sorted(Decimal(x["mtm"]) for x in figures if x["id"] != "mtm-total") == sorted(deltas)
+    (card,) = [x for x in figures if x["id"] == "mtm-total"]
+    assert Decimal(card["mtm"]) == Decimal(body["totals"]["monthly_mark_to_market"])
+    for x in figures:
+        d = Decimal(x["mtm"])
+        want = CSS_RED if d > 0 else CSS_GREEN if d < 0 else CSS_INK
+        assert x["colour"] == want, x
+        assert x["text"].startswith("+$" if d > 0 else "-$" if d < 0 else "$"), x
+    # The legend says the same in the same colours.
+    legend = {x["text"].split(":")[0]: x["colour"] for x in seen if x["mtm"] is None}
+    assert legend == {"+ red": CSS_RED, "− green": CSS_GREEN}

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from broker import risk
+from broker import ledger, risk
 from broker.config import RiskSettings
 from broker.risk import (
     Commitment,
@@ -40,6 +40,9 @@ def c(
     upfront: str = "0",
     kind: str = "contract",
     offer_key: str | None = None,
+    form_factor: str | None = None,
+    per_node: int | None = None,
+    counterparty: str | None = None,
 ) -> Commitment:
     return Commitment(
         id=id,
@@ -55,6 +58,9 @@ def c(
         upfront_fee=Decimal(upfront),
         kind=kind,
         offer_key=offer_key,
+        form_factor=form_factor,
+        gpus_per_node=None if per_node is None else Decimal(per_node),
+        counterparty=counterparty,
     )
 
 
@@ -260,11 +266,14 @@ def test_stale_offer_withdrawn_offer_and_stale_provider() -> None:
 
 
 def mp(key: str, price: str, **kw: object) -> MarketPrice:
+    """An offer of today's market; by default 8 × H100-SXM per instance, EU, on demand."""
     base = MarketPrice(
         key=key,
         provider=key.split("/")[0],
         gpu_model="H100-SXM",
         gpu_family="H100",
+        form_factor="SXM",
+        gpus_per_instance=Decimal(8),
         jurisdiction="EU",
         market="on_demand",
         price_per_gpu_hour=Decimal(price),
@@ -274,59 +283,143 @@ def mp(key: str, price: str, **kw: object) -> MarketPrice:
 
 
 MARKET = [
-    mp("lambda_cloud/eu/h100/on_demand", "2.99"),
-    mp("verda/fin/h100/on_demand", "3.10"),
+    mp("lambda_cloud/eu/8x-h100-sxm/on_demand", "2.99"),
+    mp("verda/fin/8x-h100-sxm/on_demand", "3.10"),
     mp("vast/de/h100/spot", "1.20", market="spot"),
     mp("aws/us/h100/on_demand", "1.50", jurisdiction="US"),
-    mp("gcp/eu/a100/on_demand", "1.00", gpu_family="A100", gpu_model="A100"),
+    mp("gcp/eu/a100/on_demand", "1.00", gpu_family="A100", gpu_model="A100", form_factor=None),
     mp("runpod/eu/h100/on_demand", "2.50", last_seen=AS_OF - 3 * H),  # stale
     # A marketplace listing: one machine of 8 GPUs.
     mp("vast/de/h100/on_demand", "2.20", max_gpus=Decimal(8)),
+    # Cheaper H100s that are not an 8-GPU SXM node: another form factor, a single GPU, and
+    # a listing whose provider did not say which H100 it is.
+    mp(
+        "lambda_cloud/eu/1x-h100-pcie/on_demand",
+        "1.90",
+        gpu_model="H100-PCIe",
+        form_factor="PCIe",
+        gpus_per_instance=Decimal(1),
+    ),
+    mp("lambda_cloud/eu/1x-h100-sxm/on_demand", "2.10", gpus_per_instance=Decimal(1)),
+    mp(
+        "vast/fr/h100/on_demand",
+        "1.95",
+        gpu_model="H100",
+        form_factor=None,
+        max_gpus=Decimal(8),
+    ),
 ]
+STALE_BEFORE = AS_OF - 2 * H
 
 
-def test_mark_to_market_best_comparable_and_monthly_delta() -> None:
-    stale_before = AS_OF - 2 * H
-    res = c(1, "azure", gpus=16, rate="4.10", jurisdiction="EU", end=AS_OF + 30 * D)
-    best = min(
-        (
-            m
-            for m in MARKET
-            if m.gpu_family == "H100"
-            and m.jurisdiction == "EU"
-            and m.market == "on_demand"
-            and m.last_seen >= stale_before
-            and (m.max_gpus is None or m.max_gpus >= 16)
-        ),
-        key=lambda m: m.price_per_gpu_hour,
+def cheapest_like_for_like(res: Commitment) -> MarketPrice | None:
+    """The expected comparable, by the rule written out here: fresh, same family, the form
+    factor the commitment names, at least its GPUs per node, same jurisdiction, on demand
+    (spot for spot), a marketplace listing only if it holds every GPU."""
+    fits = [
+        m
+        for m in MARKET
+        if m.last_seen >= STALE_BEFORE
+        and m.gpu_family == res.gpu_family
+        and (res.form_factor is None or m.form_factor == res.form_factor)
+        and (res.gpus_per_node is None or m.gpus_per_instance >= res.gpus_per_node)
+        and m.jurisdiction == res.jurisdiction
+        and m.market == ("spot" if res.kind == "spot" else "on_demand")
+        and (m.max_gpus is None or m.max_gpus >= res.gpus)
+    ]
+    return min(fits, key=lambda m: (m.price_per_gpu_hour, m.key), default=None)
+
+
+def sxm_node(
+    id: int = 1, *, gpus: int = 16, per_node: int | None = 8, rate: str = "3.00"
+) -> Commitment:
+    return c(
+        id,
+        "lambda_cloud",
+        gpus=gpus,
+        rate=rate,
+        model="H100-SXM",
+        form_factor="SXM",
+        per_node=per_node,
+        jurisdiction="EU",
+        region="europe-central-1",
+        end=AS_OF + 30 * D,
     )
-    m = risk.mark_to_market(res, MARKET, AS_OF, stale_before)
-    assert m.market_offer_key == best.key == "lambda_cloud/eu/h100/on_demand"
+
+
+def test_an_sxm_node_is_marked_only_against_sxm_offers_of_at_least_its_node_size() -> None:
+    res = sxm_node()
+    m = risk.mark_to_market(res, MARKET, AS_OF, STALE_BEFORE)
+    best = cheapest_like_for_like(res)
+    assert best is not None and m.market_offer_key == best.key
+    # Not the $1.90 PCIe card, not the $2.10 single SXM GPU, not the $1.95 H100 of unknown
+    # form factor: the 8-GPU SXM node at $2.99.
+    assert m.market_offer_key == "lambda_cloud/eu/8x-h100-sxm/on_demand"
+    assert (m.market_gpu_model, m.market_gpus_per_instance) == ("H100-SXM", Decimal(8))
+    assert m.basis == "on_demand offers of H100-SXM with at least 8 GPUs per instance in EU"
+    cheaper_unlike = [
+        x
+        for x in MARKET
+        if x.price_per_gpu_hour < best.price_per_gpu_hour and x.market == "on_demand"
+    ]
+    assert {x.form_factor for x in cheaper_unlike} >= {"PCIe", None}
+    assert {x.gpus_per_instance for x in cheaper_unlike} >= {Decimal(1)}
+    # An 8-GPU node fits the 8-GPU marketplace listing.
+    small = risk.mark_to_market(sxm_node(gpus=8), MARKET, AS_OF, STALE_BEFORE)
+    assert small.market_offer_key == "vast/de/h100/on_demand"
+    assert small.market_offer_key == getattr(cheapest_like_for_like(sxm_node(gpus=8)), "key", None)
+
+
+def test_without_a_node_size_any_size_compares_and_a_plain_family_any_form_factor() -> None:
+    # An external SXM commitment records no GPUs per node: offers of any size compare, and
+    # the basis says so.
+    external = sxm_node(per_node=None)
+    m = risk.mark_to_market(external, MARKET, AS_OF, STALE_BEFORE)
+    assert m.market_offer_key == "lambda_cloud/eu/1x-h100-sxm/on_demand"
+    assert m.market_offer_key == getattr(cheapest_like_for_like(external), "key", None)
+    assert "of any instance size (the commitment records no GPUs per node)" in m.basis
+    # A commitment on plain H100 compares with any H100, the PCIe card included.
+    plain = c(2, gpus=16, rate="3.00", jurisdiction="EU")
+    assert plain.form_factor is None
+    p = risk.mark_to_market(plain, MARKET, AS_OF, STALE_BEFORE)
+    assert p.market_offer_key == "lambda_cloud/eu/1x-h100-pcie/on_demand"
+    assert p.market_offer_key == getattr(cheapest_like_for_like(plain), "key", None)
+    assert p.basis.startswith("on_demand offers of any H100 of any instance size")
+    # Nothing like for like: no figures, and the note says what was looked for.
+    nvl = replace(sxm_node(), gpu_model="H100-NVL", form_factor="NVL")
+    none = risk.mark_to_market(nvl, MARKET, AS_OF, STALE_BEFORE)
+    assert none.market_rate is None and none.monthly_delta is None and none.premium is None
+    assert none.note == (
+        "no fresh on_demand offers of H100-NVL with at least 8 GPUs per instance in EU "
+        "to compare with"
+    )
+
+
+def test_mark_to_market_monthly_delta_sign_and_overpayment_flag() -> None:
+    res = sxm_node(rate="4.10")
+    best = cheapest_like_for_like(res)
+    assert best is not None
+    m = risk.mark_to_market(res, MARKET, AS_OF, STALE_BEFORE)
     diff = Decimal("4.10") - best.price_per_gpu_hour
-    assert m.monthly_delta == q2(diff * 16 * 730)
+    assert diff > 0
+    assert m.monthly_delta == q2(diff * 16 * 730) and m.monthly_delta > 0
     assert m.remaining_delta == q2(diff * 16 * hours_between(AS_OF, AS_OF + 30 * D))
-    assert m.premium == q4(diff / best.price_per_gpu_hour)
+    assert m.premium == q4(diff / best.price_per_gpu_hour) and m.premium > 0
     flag = risk.overpayment_flag(res, m, Decimal("0.05"))
     assert flag is not None and flag.kind == FlagKind.OVERPAYING
     assert best.key in flag.message and f"${q2(diff * 16 * 730):,.2f}/month" in flag.message
-    # Cheaper than the market: a negative delta, no flag.
-    cheap = risk.mark_to_market(
-        replace(res, rate_per_gpu_hour=Decimal("2.00")), MARKET, AS_OF, stale_before
-    )
+    assert f"{risk.pct(m.premium)} above the market" in flag.message
+    assert "8 × H100-SXM per instance" in flag.message and m.basis in flag.message
+    # Cheaper than the market: negative figures, no flag.
+    cheap = risk.mark_to_market(sxm_node(rate="2.00"), MARKET, AS_OF, STALE_BEFORE)
     assert cheap.monthly_delta == q2((Decimal("2.00") - best.price_per_gpu_hour) * 16 * 730)
-    assert cheap.monthly_delta < 0
+    assert cheap.monthly_delta < 0 and cheap.premium is not None and cheap.premium < 0
     assert risk.overpayment_flag(res, cheap, Decimal("0.05")) is None
-    # The 8-GPU listing is the market for 8 GPUs, not for 16.
-    small = risk.mark_to_market(replace(res, gpus=Decimal(8)), MARKET, AS_OF, stale_before)
-    assert small.market_offer_key == "vast/de/h100/on_demand"
     # Within tolerance: no flag.
-    near = replace(res, rate_per_gpu_hour=Decimal("3.10"))
-    assert (
-        risk.overpayment_flag(
-            near, risk.mark_to_market(near, MARKET, AS_OF, stale_before), Decimal("0.05")
-        )
-        is None
-    )
+    near = sxm_node(rate="3.10")
+    near_m = risk.mark_to_market(near, MARKET, AS_OF, STALE_BEFORE)
+    assert near_m.monthly_delta is not None and near_m.monthly_delta > 0
+    assert risk.overpayment_flag(near, near_m, Decimal("0.05")) is None
 
 
 def test_mark_to_market_spreads_upfront_and_matches_spot_with_spot() -> None:
@@ -335,12 +428,52 @@ def test_mark_to_market_spreads_upfront_and_matches_spot_with_spot() -> None:
     eff = Decimal("2.00") + Decimal(8760) / (8 * hours_between(start, end))
     assert risk.effective_rate(res) == eff.quantize(Decimal("0.000001"))
     spot = risk.mark_to_market(
-        c(2, gpus=8, rate="1.50", kind="spot", jurisdiction="EU"), MARKET, AS_OF, AS_OF - 2 * H
+        c(2, gpus=8, rate="1.50", kind="spot", jurisdiction="EU"), MARKET, AS_OF, STALE_BEFORE
     )
     assert spot.market == "spot" and spot.market_offer_key == "vast/de/h100/spot"
-    none = risk.mark_to_market(c(3, jurisdiction="JP"), MARKET, AS_OF, AS_OF - 2 * H)
+    none = risk.mark_to_market(c(3, jurisdiction="JP"), MARKET, AS_OF, STALE_BEFORE)
     assert none.market_rate is None and none.monthly_delta is None
-    assert none.note == "no fresh on_demand offer of H100 in JP to compare with"
+    assert none.note == (
+        "no fresh on_demand offers of any H100 of any instance size (the commitment records "
+        "no GPUs per node) in JP to compare with"
+    )
+
+
+def test_signed_texts_write_the_sign_of_a_difference() -> None:
+    assert risk.signed_usd(Decimal("4088")) == "+$4,088.00"
+    assert risk.signed_usd(Decimal("-12.5")) == "-$12.50"
+    assert risk.signed_usd(Decimal("0.001")) == "$0.00"
+    assert risk.signed_pct(Decimal("0.2128")) == "+21.3%"
+    assert risk.signed_pct(Decimal("-0.04")) == "-4.0%"
+    assert risk.signed_pct(Decimal("-0.0001")) == "0.0%"
+
+
+# -------------------------------------------------------------------- counterparty
+
+
+def test_an_untracked_provider_is_named_by_its_counterparty_never_a_guess() -> None:
+    assert risk.UNTRACKED_PROVIDER == ledger.OTHER_PROVIDER
+    colo = c(1, "other", gpus=8, counterparty="Zurich Colo AG", jurisdiction="CH")
+    other_colo = c(2, "other", gpus=8, counterparty="Geneva DC SA", jurisdiction="CH")
+    unnamed = c(3, "other", gpus=8, jurisdiction="CH")
+    cloud = c(4, "gcp", gpus=8, counterparty="Google Cloud EMEA")
+    assert colo.party == "Zurich Colo AG" and colo.label == "#1 (8 H100, Zurich Colo AG)"
+    assert unnamed.party == risk.UNNAMED_COUNTERPARTY == "other (counterparty not recorded)"
+    assert cloud.party == "gcp"  # a tracked provider keeps its id
+    conc = risk.concentration([colo, other_colo, unnamed, cloud], AS_OF, "provider")
+    assert {s.name for s in conc.shares} == {
+        "Zurich Colo AG",
+        "Geneva DC SA",
+        risk.UNNAMED_COUNTERPARTY,
+        "gcp",
+    }
+    region = risk.concentration([colo], AS_OF, "region")
+    assert [s.name for s in region.shares] == ["Zurich Colo AG/us-east-1"]
+    small = c(5, "gcp", gpus=2)
+    (flag,) = risk.concentration_flags(
+        risk.concentration([colo, small], AS_OF, "provider"), Decimal("0.5"), [colo], AS_OF
+    )
+    assert flag.subject == "provider Zurich Colo AG" and "other" not in flag.message
 
 
 # ------------------------------------------------------------------------- assess
@@ -373,7 +506,7 @@ def test_assess_totals_rows_and_every_flag_has_a_sentence() -> None:
     assert FlagKind.JURISDICTION_CONCENTRATION in kinds  # EU holds all
     assert FlagKind.EXPIRY_CLIFF in kinds  # 64 of 72 GPUs end in week 0
     assert FlagKind.LOW_UTILISATION in kinds
-    assert FlagKind.OVERPAYING in kinds  # $4.00 vs $2.99 on demand in the EU
+    assert FlagKind.OVERPAYING in kinds  # $4.00 vs $1.90 for any H100 on demand in the EU
     for f in report.flags:
         assert f.message.endswith(".") and len(f.message) > 40
     mtm = [r.mark_to_market.monthly_delta for r in report.rows]
