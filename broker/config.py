@@ -156,13 +156,18 @@ class ApiKeySettings(ClientSettings):
 
 
 class LambdaCloudSettings(ApiKeySettings):
-    base_url: str = "https://cloud.lambdalabs.com/api/v1"
+    #: The server of Lambda's OpenAPI spec (1.8.3); cloud.lambdalabs.com is its deprecated
+    #: secondary server.
+    base_url: str = "https://cloud.lambda.ai/api/v1"
 
 
 class RunpodSettings(ApiKeySettings):
     base_url: str = "https://api.runpod.io"
-    #: Data centre ids to poll (`EU-RO-1,US-TX-3`); None = every one the API lists.
+    #: Places to poll: data centre ids (secure cloud, `EU-RO-1`) and two-letter country codes
+    #: (community cloud, `SE`); None = every listed data centre and country the API names.
     data_centers: CsvList = None
+    #: Only hosts with at least this CUDA version (`12.4`), sent as `minCudaVersion`.
+    min_cuda_version: str | None = Field(default=None, pattern=r"^\d{1,2}\.\d{1,2}$")
 
     _split = field_validator("data_centers", mode="before")(_split_list)
 

@@ -1,20 +1,24 @@
 """Lambda Cloud: on-demand GPU instances and where they have capacity right now.
 
 ## What it calls
-One request per poll: `GET {base_url}/instance-types` (default base URL
-`https://cloud.lambdalabs.com/api/v1`, `BROKER_LAMBDA_CLOUD__BASE_URL` to change it), with
-`Authorization: Bearer <API key>`. The answer is a map keyed by instance-type name
-(PROVIDERS.md §4; Lambda Cloud API docs, mirrored in SkyPilot's
-`sky/catalog/data_fetchers/fetch_lambda_cloud.py`):
+One request per poll: `GET {base_url}/instance-types` (operation `listInstanceTypes`,
+`/api/v1/instance-types` on the server `https://cloud.lambda.ai/`; `cloud.lambdalabs.com` is
+the deprecated secondary server; `BROKER_LAMBDA_CLOUD__BASE_URL` to change it), with
+`Authorization: Bearer <API key>`. The answer is a map keyed by instance-type name, schema
+`InstanceTypes` → `InstanceTypesItem` → `InstanceType` / `InstanceTypeSpecs` / `Region` of
+Lambda's OpenAPI spec (https://docs.lambda.ai/api/cloud, version 1.8.3; vendored as
+`openapi-1.8.3.json` in alexandervaneck/lambda-ai-cloud-api-client), every field required:
 
     {"data": {"gpu_8x_h100_sxm5": {
         "instance_type": {"name", "description", "gpu_description", "price_cents_per_hour",
                           "specs": {"vcpus", "memory_gib", "storage_gib", "gpus"}},
         "regions_with_capacity_available": [{"name": "us-east-1", "description": ...}]}}}
 
-No pagination. Lambda asks for at most about one request per second; one call per poll is
-well inside that. Failures answer `{"error": {"code", "message", "suggestion"}}`; only `code`
-is read (the docs say the texts may change), upstream faults have codes `provider/...`.
+No pagination. Lambda limits requests to about one per second; one call per poll is well
+inside that. Failures answer `{"error": {"code", "message", "suggestion"}}`; only `code` is
+read (the spec says `message` and `suggestion` may change): `global/invalid-api-key` (401)
+and `global/account-inactive` (403) are the documented ones for this operation, upstream
+faults have codes `provider/...`.
 
 ## What it returns
 One `on_demand` offer per (instance type, region listed in `regions_with_capacity_available`):
@@ -24,14 +28,17 @@ One `on_demand` offer per (instance type, region listed in `regions_with_capacit
 - `gpu_model` via `broker.gpus.normalise` of `gpu_description` ("H100 (80 GB SXM5)": the model,
   then model + form factor, with the stated memory, and Lambda's instance-type rules for
   H100 PCIe/SXM), falling back to the model part of the type name (`gpu_8x_a100_80gb_sxm4`
-  → "a100 80gb"); a GPU the catalogue does not know is skipped (`skipped["unknown_gpu"]`);
-  types without GPUs (`specs.gpus` 0, CPU types) are skipped as `no_gpu`;
+  → "a100 80gb"). A GPU the catalogue does not know is kept with `gpu_model` None and
+  `gpu_name_raw` = `gpu_description` (the type name when there is none), through
+  `providers.base.model_fields`: counted as unrecognised by the ingest, never guessed, never
+  dropped. Types without GPUs (`specs.gpus` 0, CPU types) are skipped as `no_gpu`;
 - `gpu_memory_gb` = the GB figure in `gpu_description` when it states one, else the
   catalogue's;
 - `availability` = `available`, `available_count` None: Lambda says *that* a region has capacity,
   never how much;
 - country / jurisdiction / continent from `broker.regions` (`lambda_cloud` rows); a region the
-  table lacks keeps them None and adds a note.
+  table lacks keeps its offers with them None (counted as unrecognised by the ingest) and
+  adds a note.
 
 ## Capacity by presence
 Lambda lists only the regions that have capacity now, so a (type, region) missing from one
@@ -48,6 +55,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
@@ -126,7 +134,9 @@ def _decimal(value: Any) -> Decimal | None:
 _DROPPABLE_FORM = re.compile(r"^(sxm\d*|pcie)$", re.IGNORECASE)
 
 
-def gpu_of(instance_type: str, gpu_description: str | None) -> tuple[gpus.GpuModel, Decimal | None]:
+def gpu_of(
+    instance_type: str, gpu_description: str | None
+) -> tuple[gpus.GpuModel | None, Decimal | None]:
     """The catalogue entry of a Lambda type's GPU and the per-GPU GB its description states.
 
     From `gpu_description` ("H100 (80 GB SXM5)"): the model with its form factor
@@ -135,8 +145,8 @@ def gpu_of(instance_type: str, gpu_description: str | None) -> tuple[gpus.GpuMod
     missing or not of that shape: the model words of the type name, then without a trailing
     SXM*/PCIe word (`gpu_8x_a100_80gb_sxm4` → "a100 80gb sxm4", "a100 80gb").
 
-    Raises:
-        LookupError: nothing the catalogue knows; the row is skipped, never guessed.
+    The entry is None when nothing matches what the catalogue knows: the offer is kept
+    without a model, never guessed.
     """
     memory_gb: Decimal | None = None
     candidates: list[str] = []
@@ -164,7 +174,7 @@ def gpu_of(instance_type: str, gpu_description: str | None) -> tuple[gpus.GpuMod
         )
         if entry is not None:
             return entry, memory_gb
-    raise LookupError(gpu_description or instance_type)
+    return None, memory_gb
 
 
 def _error_from_envelope(error: Any) -> ProviderError:
@@ -191,13 +201,98 @@ def _malformed(name: str, what: str) -> MalformedResponse:
     return MalformedResponse(f"GET {PATH}: instance type {name!r}: {what}")
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """One `InstanceTypesItem`, its required fields checked."""
+
+    name: str
+    itype: Mapping[str, Any]
+    specs: Mapping[str, Any]
+    count: Decimal
+    cents: Decimal
+    regions: list[str]
+
+
+def _read_entry(key: str, entry: Any) -> _Entry:
+    """The fields of one instance type the offers need.
+
+    Raises:
+        MalformedResponse: a required field is missing or of the wrong type.
+    """
+    itype = entry.get("instance_type") if isinstance(entry, Mapping) else None
+    if not isinstance(itype, Mapping):
+        raise _malformed(key, "no 'instance_type' object")
+    name = itype.get("name", key)
+    if not isinstance(name, str) or not name:
+        raise _malformed(key, "no name")
+    specs = itype.get("specs")
+    if not isinstance(specs, Mapping):
+        raise _malformed(name, "no 'specs' object")
+    count = _decimal(specs.get("gpus"))
+    if count is None:
+        raise _malformed(name, f"specs.gpus is {specs.get('gpus')!r}")
+    cents = _decimal(itype.get("price_cents_per_hour"))
+    if cents is None or cents < 0:
+        raise _malformed(name, f"price_cents_per_hour is {itype.get('price_cents_per_hour')!r}")
+    regions_list = entry.get("regions_with_capacity_available")
+    if not isinstance(regions_list, list):
+        raise _malformed(name, "no 'regions_with_capacity_available' list")
+    region_names: list[str] = []
+    for region_entry in regions_list:
+        region = region_entry.get("name") if isinstance(region_entry, Mapping) else None
+        if not isinstance(region, str) or not region:
+            raise _malformed(name, f"region entry {region_entry!r} has no name")
+        region_names.append(region)
+    return _Entry(name, itype, specs, count, cents, region_names)
+
+
+def _entry_offers(e: _Entry, tally: _Tally) -> list[Offer]:
+    """One on-demand offer per region with capacity (the type sells a GPU at a price)."""
+    description = e.itype.get("gpu_description")
+    stated = description if isinstance(description, str) and description.strip() else None
+    model, stated_gb = gpu_of(e.name, stated)
+    memory_gb = stated_gb
+    if memory_gb is None and model is not None:
+        memory_gb = _opt_decimal(model.memory_gb)
+    raw = {
+        "name": e.name,
+        "gpu_description": description,
+        "price_cents_per_hour": e.itype.get("price_cents_per_hour"),
+        "specs": dict(e.specs),
+    }
+    offers: list[Offer] = []
+    for region in e.regions:
+        info = regions.resolve(NAME, region)
+        if info is None:
+            tally.note(f"{NAME} {e.name}: region {region!r} not in broker/data/regions.csv")
+        offers.append(
+            Offer(
+                provider=NAME,
+                region=region,
+                instance_type=e.name,
+                market=Market.ON_DEMAND,
+                **model_fields(model, stated or e.name),
+                gpu_count=to_count(e.count),
+                gpu_memory_gb=memory_gb,
+                vcpus=_decimal(e.specs.get("vcpus")),
+                memory_gb=_decimal(e.specs.get("memory_gib")),
+                **place_fields(info),
+                price_per_hour=to_price(e.cents / 100),
+                availability=Availability.AVAILABLE,
+                available_count=None,
+                raw=raw,
+            )
+        )
+    return offers
+
+
 def parse_instance_types(doc: Any) -> _Parsed:
     """Offers from a `GET /instance-types` answer.
 
-    A type the broker cannot sell is skipped and counted (`no_gpu`, `zero_price`,
-    `unknown_gpu`); a type whose fields are not the documented shape fails the whole answer,
-    since the poll covers the whole provider and must not withdraw or sell out what it
-    could not read.
+    A type the broker cannot sell is skipped and counted (`no_gpu`, `zero_price`); a GPU the
+    catalogue does not know is kept without a model; a type whose fields are not the
+    documented shape fails the whole answer, since the poll covers the whole provider and
+    must not withdraw or sell out what it could not read.
 
     Raises:
         MalformedResponse: not `{"data": {name: {...}}}`, or a type's fields are missing or
@@ -209,74 +304,15 @@ def parse_instance_types(doc: Any) -> _Parsed:
     if not isinstance(doc, Mapping) or not isinstance(doc.get("data"), Mapping):
         raise MalformedResponse(f"GET {PATH}: answer has no 'data' object")
     out = _Parsed()
-    tally = out.tally
     for key, entry in doc["data"].items():
-        itype = entry.get("instance_type") if isinstance(entry, Mapping) else None
-        if not isinstance(itype, Mapping):
-            raise _malformed(str(key), "no 'instance_type' object")
-        name = itype.get("name", key)
-        if not isinstance(name, str) or not name:
-            raise _malformed(str(key), "no name")
-        specs = itype.get("specs")
-        if not isinstance(specs, Mapping):
-            raise _malformed(name, "no 'specs' object")
-        count = _decimal(specs.get("gpus"))
-        if count is None:
-            raise _malformed(name, f"specs.gpus is {specs.get('gpus')!r}")
-        cents = _decimal(itype.get("price_cents_per_hour"))
-        if cents is None or cents < 0:
-            raise _malformed(name, f"price_cents_per_hour is {itype.get('price_cents_per_hour')!r}")
-        regions_list = entry.get("regions_with_capacity_available")
-        if not isinstance(regions_list, list):
-            raise _malformed(name, "no 'regions_with_capacity_available' list")
-        region_names: list[str] = []
-        for region_entry in regions_list:
-            region = region_entry.get("name") if isinstance(region_entry, Mapping) else None
-            if not isinstance(region, str) or not region:
-                raise _malformed(name, f"region entry {region_entry!r} has no name")
-            region_names.append(region)
-        out.listed.add(name)
-        if count <= 0:
-            tally.skipped["no_gpu"] += 1
-            continue
-        if cents == 0:
-            tally.skip("zero_price", name)
-            continue
-        description = itype.get("gpu_description")
-        try:
-            model, stated_gb = gpu_of(name, description if isinstance(description, str) else None)
-        except LookupError:
-            tally.skip("unknown_gpu", f"{name}: gpu_description={description!r}")
-            continue
-        memory_gb = stated_gb if stated_gb is not None else _opt_decimal(model.memory_gb)
-        raw = {
-            "name": name,
-            "gpu_description": description,
-            "price_cents_per_hour": itype.get("price_cents_per_hour"),
-            "specs": dict(specs),
-        }
-        for region in region_names:
-            info = regions.resolve(NAME, region)
-            if info is None:
-                tally.note(f"{NAME} {name}: region {region!r} not in broker/data/regions.csv")
-            out.offers.append(
-                Offer(
-                    provider=NAME,
-                    region=region,
-                    instance_type=name,
-                    market=Market.ON_DEMAND,
-                    **model_fields(model),
-                    gpu_count=to_count(count),
-                    gpu_memory_gb=memory_gb,
-                    vcpus=_decimal(specs.get("vcpus")),
-                    memory_gb=_decimal(specs.get("memory_gib")),
-                    **place_fields(info),
-                    price_per_hour=to_price(cents / 100),
-                    availability=Availability.AVAILABLE,
-                    available_count=None,
-                    raw=raw,
-                )
-            )
+        e = _read_entry(str(key), entry)
+        out.listed.add(e.name)
+        if e.count <= 0:
+            out.tally.skipped["no_gpu"] += 1
+        elif e.cents == 0:
+            out.tally.skip("zero_price", e.name)
+        else:
+            out.offers += _entry_offers(e, out.tally)
     return out
 
 

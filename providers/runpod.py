@@ -1,77 +1,97 @@
-"""RunPod: GPU pods per data centre, secure and community cloud, on-demand and spot.
+"""RunPod: GPU pods, secure cloud per data centre and community cloud per country.
 
 ## What it calls
 RunPod's GraphQL API, `POST {base_url}/graphql` (default `https://api.runpod.io`), with
-`Authorization: Bearer <API key>` (PROVIDERS.md §5.1; runpod-python `runpod/api/graphql.py`).
-Per poll, 1 + one request per data centre:
+`Authorization: Bearer <API key>` (https://graphql-spec.runpod.io; runpod-python
+`runpod/api/graphql.py`). Per poll, 1 + one request per data centre and per country:
 
-1. the catalogue (`graphql-spec.runpod.io`, GpuType fields):
+1. the catalogue (GpuType fields from https://graphql-spec.runpod.io; `countryCodes` and
+   `DataCenter.listed` as dstackai/gpuhunt `src/gpuhunt/providers/runpod.py` reads them):
 
+       countryCodes
        gpuTypes { id displayName manufacturer memoryInGb maxGpuCount maxGpuCountSecureCloud
                   maxGpuCountCommunityCloud secureCloud communityCloud securePrice
                   communityPrice secureSpotPrice communitySpotPrice }
-       dataCenters { id name location }
+       dataCenters { id name location listed }
 
-2. per data centre, fanned out on a bounded pool (`max_concurrency`), the stock of every GPU
-   type in both clouds, as two aliases of `lowestPrice` (input fields `gpuCount`,
-   `dataCenterId`, `secureCloud`, output fields `stockStatus`, `maxUnreservedGpuCount`,
-   `availableGpuCounts` as SkyPilot's `fetch_runpod.py` and runpodctl use them; [3P], not in
-   RunPod's published spec):
+2. per place, fanned out on a bounded pool (`max_concurrency`), the stock of every GPU type
+   at every pod size, as aliases of `lowestPrice` (one per GPU count `n`). RunPod addresses
+   the two clouds differently, as gpuhunt's catalogue and dstack's pod creation
+   (dstackai/dstack `src/dstack/_internal/core/backends/runpod/compute.py`, `cloud_type`
+   SECURE with `data_center_id`, COMMUNITY with `country_code`) do:
 
-       gpuTypes { id
-         secure: lowestPrice(input: {gpuCount: 1, dataCenterId: "EU-RO-1", secureCloud: true})
-           { stockStatus maxUnreservedGpuCount availableGpuCounts uninterruptablePrice
-             minimumBidPrice }
-         community: lowestPrice(input: {... secureCloud: false}) { ... } }
+       secure cloud, per data centre:  c{n}: lowestPrice(input: {gpuCount: n,
+           dataCenterId: "EU-RO-1", secureCloud: true [, minCudaVersion: "12.8"]}) {...}
+       community cloud, per country:   c{n}: lowestPrice(input: {gpuCount: n,
+           countryCode: "SE", secureCloud: false [, minCudaVersion: "12.8"]}) {...}
 
-   Without `dataCenterId` `lowestPrice` is the global lowest across data centres, which says
-   nothing about where; so the adapter asks per data centre (`BROKER_RUNPOD__DATA_CENTERS`
-   limits which; default: every id `dataCenters` lists). No pagination anywhere.
+   with the output fields `stockStatus maxUnreservedGpuCount uninterruptablePrice
+   minimumBidPrice` (as gpuhunt, SkyPilot's `sky/catalog/data_fetchers/fetch_runpod.py` and
+   runpod-python `runpod/api/queries/gpus.py` read `lowestPrice`). `n` runs from 1 to the
+   largest `maxGpuCountSecureCloud` / `maxGpuCountCommunityCloud` (else `maxGpuCount`) of
+   the types sold in that cloud: stock is read for each pod size, never inferred for 4 or 8
+   GPUs from a 1-GPU answer. Without `dataCenterId` / `countryCode` `lowestPrice` is the
+   global lowest across places, which says nothing about where.
+
+Places: every data centre `dataCenters` marks `listed` (the others are skipped and counted,
+`skipped["unlisted_data_center"]`, as gpuhunt skips them) and every non-null code of
+`countryCodes`. `BROKER_RUNPOD__DATA_CENTERS` limits them: its data centre ids
+(`EU-RO-1`) are polled in secure cloud and its two-letter country codes (`SE`) in community
+cloud (dstack tells the two apart the same way: a data centre id has a dash).
+
+CUDA floor: the setting `min_cuda_version` (`BROKER_RUNPOD__MIN_CUDA_VERSION`, e.g. `12.8`;
+read with `getattr`, so an older `RunpodSettings` without it means no floor) is sent as
+`minCudaVersion` in every `lowestPrice` input, so stock counts only hosts whose driver runs
+that CUDA (gpuhunt sends `minCudaVersion: "12.8"`; dstack passes the same floor when it
+creates the pod). A value not shaped like `12.8` disables the adapter with a message.
 
 ## What it returns
-Region = RunPod's data centre id (`EU-RO-1`); country / jurisdiction / continent from
-`broker.regions` (`runpod` rows; an id the table lacks keeps them None, with a note).
+Region = the data centre id (`EU-RO-1`, secure cloud) or the ISO country code (`SE`,
+community cloud, where RunPod places a pod by country only). Country / jurisdiction /
+continent from `broker.regions` (`runpod` rows, both kinds); a place the table lacks keeps
+its offers with them None (counted as unrecognised by the ingest) and a note.
 
 Secure and community cloud are different offerings (different hosts, reliability and price),
-so they are different instance types, not regions (a region must stay a real place for
-residency): `instance_type = f"{gpu id} x{n} {secure|community}"`, e.g.
-`NVIDIA H100 80GB HBM3 x8 secure`. RunPod's GPU id is its stable identifier (the display
+so they are different instance types: `instance_type = f"{gpu id} x{n} {secure|community}"`,
+e.g. `NVIDIA H100 80GB HBM3 x8 secure`. RunPod's GPU id is its stable identifier (the display
 name is cosmetic), so the key survives renames.
 
-For each GPU type, cloud (`secureCloud` / `communityCloud` true) and data centre whose
-`lowestPrice` reports stock, one offer per pod size `n` in `availableGpuCounts` (the pod
-sizes in stock there; 1 when the field is absent), capped at `maxGpuCountSecureCloud` /
-`maxGpuCountCommunityCloud` (else `maxGpuCount`), in two markets:
+For each GPU type, cloud (`secureCloud` / `communityCloud` true) and place, one offer per
+pod size `n` whose `c{n}` answer reports stock (`n` at most the type's maximum for that
+cloud), in two markets:
 
 - `on_demand`: price per GPU-hour `securePrice` / `communityPrice`;
 - `spot` (interruptible): `secureSpotPrice` / `communitySpotPrice`.
 
-Pricing arithmetic: RunPod prices are USD per GPU-hour (PROVIDERS.md §5.1; SkyPilot's
-catalogue fetcher multiplies `securePrice` by the GPU count for a pod's price), so
-`price_per_hour` (per pod-hour) = per-GPU price × n, in Decimal from the JSON number's
-shortest decimal text (`str(2.69)` = "2.69"; no float arithmetic). A market whose price is
-missing or 0 has no offer (`skipped["no_price"]`, once per type, cloud and market).
+Pricing arithmetic: RunPod prices are USD per GPU-hour (SkyPilot's and gpuhunt's catalogue
+fetchers multiply `securePrice` by the GPU count for a pod's price), so `price_per_hour`
+(per pod-hour) = per-GPU price × n, in Decimal from the JSON number's shortest decimal text
+(`str(2.69)` = "2.69"; no float arithmetic). A market whose price is missing or 0 has no
+offer (`skipped["no_price"]`, once per type, cloud and market).
 
 - `gpu_model`: `broker.gpus.normalise` of the GPU id, then the display name, with
-  `memoryInGb` × 1024 MiB (picks A100 40/80 GB); unknown → `skipped["unknown_gpu"]`.
+  `memoryInGb` × 1024 MiB (picks A100 40/80 GB). A GPU the catalogue does not know is kept
+  with `gpu_model` None and `gpu_name_raw` = RunPod's GPU id (`providers.base.model_fields`):
+  listed and counted as unrecognised by the ingest, never guessed, never dropped.
 - `gpu_memory_gb` = `memoryInGb`; `vcpus` / `memory_gb` None (RunPod sizes pods per
   machine; `minVcpu`/`minMemory` are minimums, not a pod's size).
-- `availability` from `stockStatus` (queried at `gpuCount: 1`): `High` → available,
-  `Medium` / `Low` → limited; `None` / null / no `lowestPrice` → no stock, so no offer (see
+- `availability` from the `stockStatus` of `c{n}`: `High` → available, `Medium` / `Low` →
+  limited; `None` / null / no `lowestPrice` → no stock at that size, so no offer (see
   below); any other value → `unknown`, with a note. Spot shares the stock of its cloud
   (RunPod reports one stock figure; spot pods run on the same hosts).
 - `available_count` = `maxUnreservedGpuCount` // n (pods of n GPUs that many unreserved
-  GPUs make); None when not reported or when it would be 0 although RunPod lists size n.
-  Whether the figure counts the whole data centre or its largest machine is unverified.
-- `raw`: the RunPod fields used (ids, cloud, stock fields, the per-GPU price and its field).
+  GPUs make); None when not reported or when it would be 0. Whether the figure counts the
+  whole place or its largest machine is unverified.
+- `raw`: the RunPod fields used (ids, cloud, place, GPU count, stock fields, the per-GPU
+  price and its field, the CUDA floor asked).
 
 ## Scopes and capacity by presence
-One scope per data centre, `Scope("runpod", dc)`: a data centre whose request fails lands in
+One scope per place, `Scope("runpod", region)`: a place whose request fails lands in
 `scope_errors` and its offers are left alone. RunPod lists stock by presence (a type with no
-stock in a data centre has `stockStatus` None or no `lowestPrice` at all, indistinguishable
-from "never sold there"), so offers are emitted only where stock is reported and
+stock at a size has `stockStatus` None or no `lowestPrice` at all, indistinguishable from
+"never sold there"), so offers are emitted only where stock is reported and
 `capacity_by_presence` lists every instance type the catalogue still sells (each sold
-type × cloud × 1..max GPUs): ingest turns a known offer missing from a covered data centre
+type × cloud × 1..max GPUs): ingest turns a known offer missing from a covered place
 `unavailable` instead of withdrawing it. A type gone from the catalogue is withdrawn. The
 catalogue request failing fails the whole poll (`failed_poll`): nothing withdrawn.
 
@@ -139,16 +159,17 @@ CLOUDS = ("secure", "community")
 PRESENCE_MAX_WHEN_UNSTATED = 16
 
 CATALOGUE_QUERY = (
-    "query BrokerCatalogue { gpuTypes { id displayName manufacturer memoryInGb maxGpuCount "
-    "maxGpuCountSecureCloud maxGpuCountCommunityCloud secureCloud communityCloud securePrice "
-    "communityPrice secureSpotPrice communitySpotPrice } dataCenters { id name location } }"
+    "query BrokerCatalogue { countryCodes gpuTypes { id displayName manufacturer memoryInGb "
+    "maxGpuCount maxGpuCountSecureCloud maxGpuCountCommunityCloud secureCloud communityCloud "
+    "securePrice communityPrice secureSpotPrice communitySpotPrice } "
+    "dataCenters { id name location listed } }"
 )
-_STOCK_FIELDS = (
-    "stockStatus maxUnreservedGpuCount availableGpuCounts uninterruptablePrice minimumBidPrice"
-)
-#: Data centre ids are inlined into the query (no variable type to get wrong), so only
-#: plain ids are accepted.
+_STOCK_FIELDS = "stockStatus maxUnreservedGpuCount uninterruptablePrice minimumBidPrice"
+#: Places are inlined into the query (no variable type to get wrong), so only plain ids
+#: are accepted: data centre ids, and ISO country codes (community cloud).
 _DC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_CUDA_VERSION = re.compile(r"^\d{1,2}\.\d{1,2}$")
 
 _STOCK_AVAILABILITY = {
     "high": Availability.AVAILABLE,
@@ -183,21 +204,53 @@ _SCHEMA_WORDS = (
 )
 
 
-def stock_query(data_center: str) -> str:
-    """The per-data-centre stock query (both clouds, as aliases of `lowestPrice`)."""
-    if not _DC_ID.match(data_center):
-        raise ValueError(f"not a RunPod data centre id: {data_center!r}")
-    lowest = (
-        '{alias}: lowestPrice(input: {{gpuCount: 1, dataCenterId: "{dc}", secureCloud: {secure}}})'
-        " {{ {fields} }}"
-    )
+def cloud_of(region: str) -> str:
+    """`community` for a place that is an ISO country code (`SE`), else `secure` (a data
+    centre id such as `EU-RO-1`): how RunPod addresses the two clouds."""
+    return "community" if _COUNTRY.match(region) else "secure"
+
+
+def check_cuda_version(value: str | None) -> str | None:
+    """The CUDA floor as sent in `minCudaVersion` (`12.8`), None for no floor.
+
+    Raises:
+        ValueError: not `major.minor`.
+    """
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    if not _CUDA_VERSION.match(text):
+        raise ValueError(f"not a CUDA version (major.minor, e.g. 12.8): {value!r}")
+    return text
+
+
+def stock_query(
+    region: str, counts: Sequence[int] = (1,), min_cuda_version: str | None = None
+) -> str:
+    """The stock query of one place: `lowestPrice` of every GPU type, one alias `c{n}` per
+    pod size `n` in `counts`, in the place's cloud (see `cloud_of`).
+
+    Raises:
+        ValueError: `region` is neither a data centre id nor a country code, or the CUDA
+            floor is malformed (both are inlined into the query).
+    """
+    if cloud_of(region) == "community":
+        where = f'countryCode: "{region}", secureCloud: false'
+    elif _DC_ID.match(region):
+        where = f'dataCenterId: "{region}", secureCloud: true'
+    else:
+        raise ValueError(f"not a RunPod data centre id or country code: {region!r}")
+    cuda = check_cuda_version(min_cuda_version)
+    if cuda is not None:
+        where += f', minCudaVersion: "{cuda}"'
     parts = [
-        lowest.format(
-            alias=c, dc=data_center, secure=str(c == "secure").lower(), fields=_STOCK_FIELDS
-        )
-        for c in CLOUDS
+        f"c{n}: lowestPrice(input: {{gpuCount: {n}, {where}}}) {{ {_STOCK_FIELDS} }}"
+        for n in sorted(set(counts))
+        if n >= 1
     ]
-    return f"query BrokerDataCenterStock {{ gpuTypes {{ id {' '.join(parts)} }} }}"
+    if not parts:
+        raise ValueError("a stock query needs at least one GPU count")
+    return f"query BrokerStock {{ gpuTypes {{ id {' '.join(parts)} }} }}"
 
 
 def graphql_error(errors: Any, what: str) -> ProviderError:
@@ -262,7 +315,8 @@ class GpuType:
     id: str
     display_name: str | None
     memory_gb: Decimal | None
-    model: gpus.GpuModel
+    #: None: the catalogue does not know the GPU (kept, with `id` as `gpu_name_raw`).
+    model: gpus.GpuModel | None
     clouds: Mapping[str, CloudOffering]
 
     def instance_type(self, n: int, cloud: str) -> str:
@@ -272,8 +326,28 @@ class GpuType:
 @dataclass
 class Catalogue:
     types: dict[str, GpuType] = field(default_factory=dict)
-    data_centers: list[str] = field(default_factory=list)
+    #: Places to poll, region -> cloud (`secure` data centres, `community` countries).
+    places: dict[str, str] = field(default_factory=dict)
     tally: _Tally = field(default_factory=_Tally)
+
+    @property
+    def data_centers(self) -> list[str]:
+        return [r for r, c in self.places.items() if c == "secure"]
+
+    @property
+    def countries(self) -> list[str]:
+        return [r for r, c in self.places.items() if c == "community"]
+
+    def counts(self, cloud: str) -> list[int]:
+        """Pod sizes to ask for in `cloud`: 1 up to the largest stated maximum of the types
+        priced there (1 when none states one: sizes are asked for, never guessed)."""
+        tops = [
+            c.max_count
+            for t in self.types.values()
+            for c in t.clouds.values()
+            if c.cloud == cloud and c.prices and c.max_count
+        ]
+        return list(range(1, max(tops, default=1) + 1))
 
     @property
     def presence(self) -> frozenset[tuple[str, str]]:
@@ -309,8 +383,79 @@ def _data(doc: Any, what: str) -> Mapping[str, Any]:
     return data
 
 
+def _gpu_type(row: Any, tally: _Tally, what: str) -> GpuType | None:
+    """One `gpuTypes` row, or None when neither cloud sells it."""
+    gid = row.get("id") if isinstance(row, Mapping) else None
+    if not isinstance(gid, str) or not gid:
+        raise MalformedResponse(f"{what}: a GPU type has no id")
+    display = row.get("displayName")
+    display = display if isinstance(display, str) and display else None
+    memory = _decimal(row.get("memoryInGb"))
+    memory_mib = int(memory * 1024) if memory is not None and memory > 0 else None
+    model = gpus.normalise(gid, provider=NAME, memory_mib=memory_mib)
+    if model is None and display:
+        model = gpus.normalise(display, provider=NAME, memory_mib=memory_mib)
+    clouds: dict[str, CloudOffering] = {}
+    for cloud in CLOUDS:
+        if row.get(_SOLD_FIELDS[cloud]) is not True:
+            continue
+        top = _count(row.get(_MAX_FIELDS[cloud])) or _count(row.get("maxGpuCount"))
+        prices: dict[Market, tuple[Decimal, str]] = {}
+        for market, fname in _PRICE_FIELDS[cloud]:
+            raw_price = row.get(fname)
+            price = _decimal(raw_price)
+            if raw_price is not None and price is None:
+                raise MalformedResponse(f"{what}: {gid}: {fname} is {raw_price!r}")
+            if price is None or price <= 0:
+                tally.skip("no_price", f"{gid} {cloud} {market}")
+                continue
+            prices[market] = (price, fname)
+        clouds[cloud] = CloudOffering(cloud, top if top and top > 0 else None, prices)
+    if not clouds:
+        tally.skip("not_sold", f"{gid}: neither secureCloud nor communityCloud")
+        return None
+    return GpuType(gid, display, memory, model, clouds)
+
+
+def _places(
+    data: Mapping[str, Any], only: Sequence[str] | None, tally: _Tally, what: str
+) -> dict[str, str]:
+    """region -> cloud: listed data centres (secure) and country codes (community), or
+    the configured ones (`only`), minus data centres RunPod marks as not listed."""
+    dcs = data.get("dataCenters")
+    if not isinstance(dcs, list):
+        raise MalformedResponse(f"{what}: 'dataCenters' is not a list")
+    listed: dict[str, bool] = {}
+    for dc in dcs:
+        dc_id = dc.get("id") if isinstance(dc, Mapping) else None
+        if not isinstance(dc_id, str) or not dc_id:
+            raise MalformedResponse(f"{what}: a data centre has no id")
+        listed[dc_id] = dc.get("listed") is True
+    if only:
+        wanted = list(dict.fromkeys(only))
+    else:
+        codes = data.get("countryCodes")
+        if codes is not None and not isinstance(codes, list):
+            raise MalformedResponse(f"{what}: 'countryCodes' is not a list")
+        wanted = [*listed, *(c for c in codes or [] if c is not None)]
+    out: dict[str, str] = {}
+    for region in wanted:
+        if not isinstance(region, str) or not (_COUNTRY.match(region) or _DC_ID.match(region)):
+            tally.skip("bad_place", repr(region))
+            continue
+        cloud = cloud_of(region)
+        if cloud == "secure" and listed.get(region, bool(only)) is not True:
+            tally.skip("unlisted_data_center", region)
+            continue
+        out[region] = cloud
+    return out
+
+
 def parse_catalogue(doc: Any, only: Sequence[str] | None = None) -> Catalogue:
-    """The GPU types RunPod sells and the data centres to poll, from the catalogue answer.
+    """The GPU types RunPod sells and the places to poll, from the catalogue answer.
+
+    `only`: the configured places (data centre ids and country codes); None = every listed
+    data centre and every country RunPod names.
 
     Raises:
         MalformedResponse: not the documented shape (a type without an id, lists that are
@@ -323,155 +468,118 @@ def parse_catalogue(doc: Any, only: Sequence[str] | None = None) -> Catalogue:
     if not isinstance(rows, list):
         raise MalformedResponse(f"{what}: 'gpuTypes' is not a list")
     cat = Catalogue()
-    tally = cat.tally
     for row in rows:
-        gid = row.get("id") if isinstance(row, Mapping) else None
-        if not isinstance(gid, str) or not gid:
-            raise MalformedResponse(f"{what}: a GPU type has no id")
-        display = row.get("displayName")
-        display = display if isinstance(display, str) and display else None
-        memory = _decimal(row.get("memoryInGb"))
-        memory_mib = int(memory * 1024) if memory is not None and memory > 0 else None
-        model = gpus.normalise(gid, provider=NAME, memory_mib=memory_mib)
-        if model is None and display:
-            model = gpus.normalise(display, provider=NAME, memory_mib=memory_mib)
-        if model is None:
-            tally.skip("unknown_gpu", f"{gid} ({display})")
-            continue
-        clouds: dict[str, CloudOffering] = {}
-        for cloud in CLOUDS:
-            if row.get(_SOLD_FIELDS[cloud]) is not True:
-                continue
-            top = _count(row.get(_MAX_FIELDS[cloud])) or _count(row.get("maxGpuCount"))
-            prices: dict[Market, tuple[Decimal, str]] = {}
-            for market, fname in _PRICE_FIELDS[cloud]:
-                raw_price = row.get(fname)
-                price = _decimal(raw_price)
-                if raw_price is not None and price is None:
-                    raise MalformedResponse(f"{what}: {gid}: {fname} is {raw_price!r}")
-                if price is None or price <= 0:
-                    tally.skip("no_price", f"{gid} {cloud} {market}")
-                    continue
-                prices[market] = (price, fname)
-            clouds[cloud] = CloudOffering(cloud, top if top and top > 0 else None, prices)
-        if not clouds:
-            tally.skip("not_sold", f"{gid}: neither secureCloud nor communityCloud")
-            continue
-        cat.types[gid] = GpuType(gid, display, memory, model, clouds)
-    if only:
-        cat.data_centers = list(dict.fromkeys(only))
-    else:
-        dcs = data.get("dataCenters")
-        if not isinstance(dcs, list):
-            raise MalformedResponse(f"{what}: 'dataCenters' is not a list")
-        for dc in dcs:
-            dc_id = dc.get("id") if isinstance(dc, Mapping) else None
-            if not isinstance(dc_id, str) or not dc_id:
-                raise MalformedResponse(f"{what}: a data centre has no id")
-            cat.data_centers.append(dc_id)
-    bad = [dc for dc in cat.data_centers if not _DC_ID.match(dc)]
-    for dc in bad:
-        tally.skip("bad_data_center_id", repr(dc))
-    cat.data_centers = list(dict.fromkeys(dc for dc in cat.data_centers if dc not in bad))
+        gtype = _gpu_type(row, cat.tally, what)
+        if gtype is not None:
+            cat.types[gtype.id] = gtype
+    cat.places = _places(data, only, cat.tally, what)
     return cat
 
 
-def parse_stock(doc: Any, cat: Catalogue, data_center: str) -> ScopeOffers:
-    """Offers of one data centre from its stock answer.
+def parse_stock(
+    doc: Any, cat: Catalogue, region: str, min_cuda_version: str | None = None
+) -> ScopeOffers:
+    """Offers of one place from its stock answer (aliases `c{n}`, see `stock_query`).
 
     Raises:
         MalformedResponse: not the documented shape.
         ProviderError: the answer carries GraphQL errors.
     """
-    what = f"POST /graphql (stock {data_center})"
+    what = f"POST /graphql (stock {region})"
     data = _data(doc, what)
     rows = data.get("gpuTypes")
     if not isinstance(rows, list):
         raise MalformedResponse(f"{what}: 'gpuTypes' is not a list")
+    cloud = cat.places.get(region) or cloud_of(region)
     out = ScopeOffers()
-    info = regions.resolve(NAME, data_center)
+    info = regions.resolve(NAME, region)
     if info is None:
-        out.notes.append(f"{NAME}: data centre {data_center!r} not in broker/data/regions.csv")
+        out.notes.append(f"{NAME}: place {region!r} not in broker/data/regions.csv")
+    place = _Place(region, cloud, info, min_cuda_version)
     for row in rows:
         gid = row.get("id") if isinstance(row, Mapping) else None
         if not isinstance(gid, str):
             raise MalformedResponse(f"{what}: a GPU type has no id")
         gtype = cat.types.get(gid)
-        if gtype is None:
-            continue  # unknown GPU or not sold: counted once in the catalogue
-        for cloud, offering in gtype.clouds.items():
-            lowest = row.get(cloud)
+        offering = gtype.clouds.get(cloud) if gtype is not None else None
+        if gtype is None or offering is None or not offering.prices:
+            continue  # not sold here, or no price: counted once in the catalogue
+        for n in cat.counts(cloud):
+            if offering.max_count is not None and n > offering.max_count:
+                break
+            lowest = row.get(f"c{n}")
             if lowest is None:
                 continue
             if not isinstance(lowest, Mapping):
-                raise MalformedResponse(f"{what}: {gid} {cloud}: lowestPrice is not an object")
-            out.offers += _offers(gtype, offering, lowest, data_center, info, out.notes, what)
+                raise MalformedResponse(f"{what}: {gid} x{n}: lowestPrice is not an object")
+            out.offers += _offers(gtype, offering, lowest, n, place, out.notes, what)
     return out
+
+
+@dataclass(frozen=True)
+class _Place:
+    region: str
+    cloud: str
+    info: regions.RegionInfo | None
+    min_cuda_version: str | None
 
 
 def _offers(
     gtype: GpuType,
     offering: CloudOffering,
     lowest: Mapping[str, Any],
-    data_center: str,
-    info: regions.RegionInfo | None,
+    n: int,
+    place: _Place,
     notes: list[str],
     what: str,
 ) -> list[Offer]:
+    """The offers (one per market) of `n`-GPU pods of one type at one place."""
     status = lowest.get("stockStatus")
     if status is None:
         return []
     if not isinstance(status, str):
-        raise MalformedResponse(f"{what}: {gtype.id}: stockStatus is {status!r}")
+        raise MalformedResponse(f"{what}: {gtype.id} x{n}: stockStatus is {status!r}")
     if status.strip().lower() in _NO_STOCK:
         return []
     availability = _STOCK_AVAILABILITY.get(status.strip().lower(), Availability.UNKNOWN)
     if availability is Availability.UNKNOWN and len(notes) < MAX_NOTES:
-        notes.append(f"{NAME} {gtype.id} {data_center}: unknown stockStatus {status!r}")
-    listed = lowest.get("availableGpuCounts")
-    if listed is None:
-        sizes = [1]
-    elif isinstance(listed, list) and all(_count(n) is not None for n in listed):
-        sizes = sorted({n for n in listed if n >= 1})
-    else:
-        raise MalformedResponse(f"{what}: {gtype.id}: availableGpuCounts is {listed!r}")
-    if offering.max_count is not None:
-        sizes = [n for n in sizes if n <= offering.max_count]
+        notes.append(f"{NAME} {gtype.id} x{n} {place.region}: unknown stockStatus {status!r}")
     unreserved = _count(lowest.get("maxUnreservedGpuCount"))
+    pods = unreserved // n if unreserved is not None and unreserved >= 0 else None
+    place_key = "dataCenterId" if place.cloud == "secure" else "countryCode"
     raw_common = {
         "gpuTypeId": gtype.id,
         "displayName": gtype.display_name,
         "cloud": offering.cloud,
-        "dataCenterId": data_center,
+        place_key: place.region,
+        "gpuCount": n,
         "stockStatus": status,
         "maxUnreservedGpuCount": unreserved,
-        "availableGpuCounts": listed,
         "uninterruptablePrice": lowest.get("uninterruptablePrice"),
         "minimumBidPrice": lowest.get("minimumBidPrice"),
+        "minCudaVersion": place.min_cuda_version,
     }
     model = gtype.model
-    memory = gtype.memory_gb if gtype.memory_gb is not None else _opt(model.memory_gb)
-    out: list[Offer] = []
-    for n in sizes:
-        pods = unreserved // n if unreserved is not None and unreserved >= 0 else None
-        for market, (per_gpu, source) in offering.prices.items():
-            out.append(
-                Offer(
-                    provider=NAME,
-                    region=data_center,
-                    instance_type=gtype.instance_type(n, offering.cloud),
-                    market=market,
-                    **model_fields(model),
-                    gpu_count=to_count(n),
-                    gpu_memory_gb=memory,
-                    **place_fields(info),
-                    price_per_hour=to_price(per_gpu * n),
-                    availability=availability,
-                    available_count=pods if pods else None,
-                    raw={**raw_common, "pricePerGpu": str(per_gpu), "priceField": source},
-                )
-            )
-    return out
+    memory = gtype.memory_gb
+    if memory is None and model is not None:
+        memory = _opt(model.memory_gb)
+    return [
+        Offer(
+            provider=NAME,
+            region=place.region,
+            instance_type=gtype.instance_type(n, offering.cloud),
+            market=market,
+            **model_fields(model, gtype.id),
+            gpu_count=to_count(n),
+            gpu_memory_gb=memory,
+            **place_fields(place.info),
+            price_per_hour=to_price(per_gpu * n),
+            availability=availability,
+            available_count=pods if pods else None,
+            raw={**raw_common, "pricePerGpu": str(per_gpu), "priceField": source},
+        )
+        for market, (per_gpu, source) in offering.prices.items()
+    ]
 
 
 def _opt(value: int | None) -> Decimal | None:
@@ -496,6 +604,8 @@ class Runpod:
     ) -> None:
         self.settings = settings or RunpodSettings()
         self.clock = clock
+        #: `RunpodSettings.min_cuda_version` once the setting exists (None = no floor).
+        self.min_cuda_version = check_cuda_version(getattr(self.settings, "min_cuda_version", None))
         self._secrets: tuple[str, ...] = (api_key,)
         self.api = JsonApi(
             NAME,
@@ -516,7 +626,10 @@ class Runpod:
                 "set BROKER_RUNPOD__API_KEY to a RunPod API key (console → Settings → API Keys, "
                 "read access) to enable runpod"
             )
-        return cls(key.get_secret_value().strip(), settings.runpod, clock=clock)
+        try:
+            return cls(key.get_secret_value().strip(), settings.runpod, clock=clock)
+        except ValueError as exc:
+            raise ProviderDisabled(f"BROKER_RUNPOD__MIN_CUDA_VERSION: {exc}") from None
 
     @property
     def calls(self) -> int:
@@ -536,14 +649,17 @@ class Runpod:
         except ProviderError as exc:
             return failed_poll(NAME, exc, self.clock, self._secrets)
 
+        cuda = self.min_cuda_version
+
         def one(scope: Scope) -> ScopeOffers:
-            dc = scope.region or ""
-            answer = self._query(stock_query(dc), f"POST /graphql (stock {dc})")
-            return parse_stock(answer, cat, dc)
+            region = scope.region or ""
+            query = stock_query(region, cat.counts(cat.places[region]), cuda)
+            answer = self._query(query, f"POST /graphql (stock {region})")
+            return parse_stock(answer, cat, region, cuda)
 
         result = poll_scopes(
             NAME,
-            [Scope(NAME, dc) for dc in cat.data_centers],
+            [Scope(NAME, region) for region in cat.places],
             one,
             clock=self.clock,
             max_workers=self.settings.max_concurrency,

@@ -4,7 +4,7 @@
 Two searches per poll, `POST {base_url}/bundles/` (default `https://console.vast.ai/api/v0`,
 `BROKER_VAST__BASE_URL` to change it) with `Authorization: Bearer <API key>` and the body the
 vast CLI's `search offers` sends by default (vast-ai/vast-cli `vast.py`, `search__offers`;
-PROVIDERS.md §6):
+https://docs.vast.ai/api-reference/search/search-offers):
 
     {"verified": {"eq": true}, "external": {"eq": false}, "rentable": {"eq": true},
      "rented": {"eq": false}, "order": [["dph_total", "asc"]], "type": <type>,
@@ -40,21 +40,33 @@ Vast sells many small per-machine offers. One `Offer` per (machine, GPU count, m
   catalog fetcher asks); their middle part is this region. No country code in `geolocation`
   (absent, empty, not two letters) → region `unknown`, country/jurisdiction/continent None
   (residency rules then exclude it), and a note.
-- `price_per_hour`: on demand `dph_total` (USD per hour for the whole offer: the GPUs' share of
-  the machine plus `allocated_storage` GB of disk); spot `min_bid` (the current minimum bid in
-  USD per hour for the offer, the interruptible floor; it excludes storage, which Vast bills on
-  top). Prices are JSON numbers, turned into Decimal through their shortest decimal text
+- `price_per_hour`, both markets including the same `allocated_storage` (5 GB) of disk:
+  - on demand: `dph_total` (USD per hour for the whole offer: the GPUs' share of the machine
+    plus `allocated_storage` GB of disk, as the search prices it);
+  - spot: `min_bid` (the current minimum bid in USD per hour, the interruptible floor, which
+    excludes storage: Vast bills disk on top) + `storage_cost` (USD per GB-month) × 5 GB /
+    720 hours (a 30-day month, as dstackai/gpuhunt `src/gpuhunt/providers/vastai.py` adds
+    disk to `min_bid`). A spot listing without `storage_cost` is skipped
+    (`no_storage_cost:spot`): its price would be understated.
+  Prices are JSON numbers, turned into Decimal through their shortest decimal text
   (`Decimal(str(x))`), no float arithmetic. A listing without a positive price for the market
   is skipped (`no_price:<market>`).
 - `gpu_model` via `broker.gpus.normalise(gpu_name, provider="vast", memory_mib=gpu_ram)`
   (`gpu_ram` is per GPU in MiB as nvidia-smi reports it: 81559 for an H100 80 GB; it picks
-  A100 40/80 GB); unknown → skipped (`unknown_gpu`). `gpu_memory_gb` = `gpu_ram` / 1024.
+  A100 40/80 GB). A GPU the catalogue does not know is kept with `gpu_model` None and
+  `gpu_name_raw` = `gpu_name` (`providers.base.model_fields`): counted as unrecognised by
+  the ingest, never guessed, never dropped. `gpu_memory_gb` = `gpu_ram` / 1024.
 - `gpu_count` = `num_gpus`; `vcpus` = `cpu_cores_effective` (the vCPUs the offer gets);
-  `memory_gb` = `cpu_ram` / 1024.
+  `memory_gb` = the offer's share of the machine's RAM: `cpu_ram` is the whole machine's
+  (in MB, docs.vast.ai search-offers "CPU RAM in MB", vast-cli `vastai/data/offer.py`), and a
+  listing gets the same share of it as of the CPUs, so `cpu_ram` × `cpu_cores_effective` /
+  `cpu_cores` / 1000 (MB → GB, as the vast CLI shows it and gpuhunt computes it); None when
+  `cpu_ram`, `cpu_cores` or `cpu_cores_effective` is missing or `cpu_cores` is 0.
 - `availability` = `available` with `available_count` = the listings (normally 1): every
   listing answered is rentable now (the query asks `rentable` and not `rented`).
 - `raw`: ask id(s), machine_id, host_id, reliability, verification, geolocation, dph_base,
-  dph_total, min_bid, storage_cost, inet_up/down, gpu_frac, hosting_type.
+  dph_total, min_bid, storage_cost, cpu_ram, cpu_cores, cpu_cores_effective, inet_up/down,
+  gpu_frac, hosting_type; spot offers add `storage_per_hour`, the disk added to `min_bid`.
 
 ## Completeness
 A search answers at most `limit` offers. An answer of `limit` offers or more may have been cut:
@@ -99,6 +111,10 @@ QUERY_TYPES: Mapping[Market, str] = {Market.ON_DEMAND: "on-demand", Market.SPOT:
 DEFAULT_LIMIT = 10_000
 #: Disk (GB) priced into `dph_total`: the CLI's default `--storage`.
 ALLOCATED_STORAGE_GB = 5.0
+#: Hours in the month of `storage_cost` (USD per GB-month): 30 days, as gpuhunt counts it.
+HOURS_PER_MONTH = Decimal(30 * 24)
+#: MB per GB for `cpu_ram` (the vast CLI divides by 1000 to show GB).
+MB_PER_GB = Decimal(1000)
 #: Search offers allows 10 requests per minute, enforced as a minimum interval.
 MIN_INTERVAL_S = 6.0
 #: Without Retry-After, back off a whole interval first (JsonApi doubles it per retry).
@@ -197,6 +213,9 @@ _RAW_FIELDS = (
     "dph_total",
     "min_bid",
     "storage_cost",
+    "cpu_ram",
+    "cpu_cores",
+    "cpu_cores_effective",
     "inet_up",
     "inet_down",
     "gpu_frac",
@@ -212,6 +231,80 @@ def _int(value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return None
+
+
+def memory_gb_of(item: Mapping[str, Any]) -> Decimal | None:
+    """GB of RAM a listing gets: its CPU share of the machine's `cpu_ram` (MB), see the
+    module docstring; None when a figure is missing."""
+    cpu_ram = _decimal(item.get("cpu_ram"))
+    cores = _decimal(item.get("cpu_cores"))
+    effective = _decimal(item.get("cpu_cores_effective"))
+    if cpu_ram is None or cores is None or effective is None or cpu_ram <= 0 or cores <= 0:
+        return None
+    return (cpu_ram * effective / cores / MB_PER_GB).quantize(Decimal("0.01"))
+
+
+def _price(item: Mapping[str, Any], market: Market) -> tuple[Decimal, dict[str, Any]] | str:
+    """The market's price per offer-hour (storage included) and its raw extras, or the
+    reason the listing has none."""
+    if market == Market.ON_DEMAND:
+        price = _decimal(item.get("dph_total"))
+        return (price, {}) if price is not None and price > 0 else f"no_price:{market}"
+    bid = _decimal(item.get("min_bid"))
+    if bid is None or bid <= 0:
+        return f"no_price:{market}"
+    storage_cost = _decimal(item.get("storage_cost"))
+    if storage_cost is None or storage_cost < 0:
+        return f"no_storage_cost:{market}"
+    storage = storage_cost * Decimal(str(ALLOCATED_STORAGE_GB)) / HOURS_PER_MONTH
+    return bid + storage, {"storage_per_hour": str(to_price(storage))}
+
+
+def _listing(item: Any, market: Market, note: Callable[[str], None]) -> Offer | str:
+    """One listing as an offer, or the reason (a `skipped` key) it is not one."""
+    if not isinstance(item, Mapping):
+        note(f"listing is not an object: {str(item)[:60]!r}")
+        return "malformed_offer"
+    ask = item.get("id")
+    machine_id = _int(item.get("machine_id"))
+    num_gpus = _int(item.get("num_gpus"))
+    gpu_name = item.get("gpu_name")
+    if (
+        machine_id is None
+        or num_gpus is None
+        or num_gpus <= 0
+        or not isinstance(gpu_name, str)
+        or not gpu_name.strip()
+    ):
+        note(f"offer {ask!r}: no machine_id, num_gpus or gpu_name")
+        return "malformed_offer"
+    if item.get("rented") is True or item.get("rentable") is False:
+        return "not_rentable"
+    priced = _price(item, market)
+    if isinstance(priced, str):
+        return priced
+    price, extra = priced
+    gpu_ram = _int(item.get("gpu_ram")) or None
+    geolocation = item.get("geolocation")
+    where = locate(geolocation if isinstance(geolocation, str) else None)
+    if where.country is None:
+        note(f"offer {ask!r}: no country code in geolocation {geolocation!r}")
+    return Offer(
+        provider=NAME,
+        region=where.region,
+        instance_type=instance_type_of(gpu_name, num_gpus, machine_id),
+        market=market,
+        **model_fields(_normalise(gpu_name, gpu_ram), gpu_name),
+        gpu_count=to_count(num_gpus),
+        gpu_memory_gb=(Decimal(gpu_ram) / 1024).quantize(Decimal("0.01")) if gpu_ram else None,
+        vcpus=_decimal(item.get("cpu_cores_effective")),
+        memory_gb=memory_gb_of(item),
+        **place_fields(where),
+        price_per_hour=to_price(price),
+        availability=Availability.AVAILABLE,
+        available_count=1,
+        raw={"offer_id": ask, **{k: item[k] for k in _RAW_FIELDS if k in item}, **extra},
+    )
 
 
 def parse_offers(doc: Any, market: Market) -> ScopeOffers:
@@ -235,61 +328,12 @@ def parse_offers(doc: Any, market: Market) -> ScopeOffers:
             notes.append(f"{NAME} {market}: {text}")
 
     groups: dict[str, _Group] = {}
-    price_field = "dph_total" if market == Market.ON_DEMAND else "min_bid"
     for item in listings:
-        if not isinstance(item, Mapping):
-            skipped["malformed_offer"] += 1
-            note(f"listing is not an object: {str(item)[:60]!r}")
+        offer = _listing(item, market, note)
+        if isinstance(offer, str):
+            skipped[offer] += 1
             continue
-        ask = item.get("id")
-        machine_id = _int(item.get("machine_id"))
-        num_gpus = _int(item.get("num_gpus"))
-        gpu_name = item.get("gpu_name")
-        if (
-            machine_id is None
-            or num_gpus is None
-            or num_gpus <= 0
-            or not isinstance(gpu_name, str)
-            or not gpu_name.strip()
-        ):
-            skipped["malformed_offer"] += 1
-            note(f"offer {ask!r}: no machine_id, num_gpus or gpu_name")
-            continue
-        if item.get("rented") is True or item.get("rentable") is False:
-            skipped["not_rentable"] += 1
-            continue
-        price = _decimal(item.get(price_field))
-        if price is None or price <= 0:
-            skipped[f"no_price:{market}"] += 1
-            continue
-        gpu_ram = _int(item.get("gpu_ram")) or None
-        model = _normalise(gpu_name, gpu_ram)
-        if model is None:
-            skipped["unknown_gpu"] += 1
-            note(f"offer {ask!r}: unknown GPU {gpu_name!r}")
-            continue
-        geolocation = item.get("geolocation")
-        where = locate(geolocation if isinstance(geolocation, str) else None)
-        if where.country is None:
-            note(f"offer {ask!r}: no country code in geolocation {geolocation!r}")
-        cpu_ram = _decimal(item.get("cpu_ram"))
-        itype = instance_type_of(gpu_name, num_gpus, machine_id)
-        offer = Offer(
-            provider=NAME,
-            region=where.region,
-            instance_type=itype,
-            market=market,
-            **model_fields(model),
-            gpu_count=to_count(num_gpus),
-            gpu_memory_gb=(Decimal(gpu_ram) / 1024).quantize(Decimal("0.01")) if gpu_ram else None,
-            vcpus=_decimal(item.get("cpu_cores_effective")),
-            memory_gb=(cpu_ram / 1024).quantize(Decimal("0.01")) if cpu_ram else None,
-            **place_fields(where),
-            price_per_hour=to_price(price),
-            availability=Availability.AVAILABLE,
-            available_count=1,
-            raw={"offer_id": ask, **{k: item[k] for k in _RAW_FIELDS if k in item}},
-        )
+        ask = offer.raw["offer_id"]
         group = groups.get(offer.key)
         if group is None:
             groups[offer.key] = _Group(offer, [ask], 1)

@@ -2,7 +2,9 @@
 
 ## What it calls
 Verda's public REST API at `{base_url}` (default `https://api.verda.com/v1`, formerly
-`https://api.datacrunch.io/v1`), as verda-cloud/sdk-python calls it (PROVIDERS.md §7.1):
+`https://api.datacrunch.io/v1`), as verda-cloud/sdk-python calls it (`verda/_verda.py`,
+`verda/instance_types/_instance_types.py`, `verda/instances/_instances.py`
+`get_availabilities`; https://docs.verda.com):
 
 1. `POST /oauth2/token` with JSON `{"grant_type": "client_credentials", "client_id",
    "client_secret"}` → `{access_token, refresh_token, expires_in, ...}`
@@ -16,7 +18,8 @@ Verda's public REST API at `{base_url}` (default `https://api.verda.com/v1`, for
 2. `GET /instance-types?currency=usd` → the catalogue, a list of `{instance_type, model,
    name, price_per_hour, spot_price, currency, cpu {number_of_cores}, gpu {description,
    number_of_gpus}, memory {size_in_gigabytes}, gpu_memory {size_in_gigabytes}, ...}`
-   with prices as decimal strings (SDK unit-test fixture). Failing → the whole poll fails.
+   with prices as decimal strings (SDK unit-test fixture
+   `tests/unit_tests/instance_types/test_instance_types.py`). Failing → the whole poll fails.
 3. `GET /instance-availability?is_spot=false` and `...?is_spot=true` (run concurrently) →
    `[{"location_code": "FIN-01", "availabilities": ["1H100.80S.30V", ...]}, ...]`: per
    location, the instance types that can be deployed now (Go SDK `LocationAvailability`,
@@ -36,14 +39,17 @@ One offer per (instance type, location) that Verda lists as available, per marke
 - `gpu_model`: `broker.gpus.normalise` of, in order, `gpu.description` without its `Nx `
   count ("H100 SXM5 80GB"), the same without its memory token ("H100 SXM5"), `name`, and
   `model` ("H100"), with the per-GPU memory (`gpu_memory.size_in_gigabytes` is the
-  instance total, divided by the GPU count) to tell A100 40 and 80 GB apart; unknown →
-  `skipped["unknown_gpu"]`.
+  instance total, divided by the GPU count) to tell A100 40 and 80 GB apart. A GPU the
+  catalogue does not know is kept with `gpu_model` None and `gpu_name_raw` = the first of
+  those names (`providers.base.model_fields`): counted as unrecognised by the ingest, never
+  guessed, never dropped.
 - `gpu_memory_gb` = total GPU memory / GPU count; `vcpus` = `cpu.number_of_cores`;
   `memory_gb` = `memory.size_in_gigabytes`.
 - `availability` = `available` (listed now), `available_count` None (Verda says *that*,
   never how many).
 - region = `location_code`; country / jurisdiction / continent from `broker.regions`
-  (`verda` rows: FIN-* Finland, ICE-01 Iceland, both EU/EEA); unknown → None and a note.
+  (`verda` rows: FIN-* Finland, ICE-01 Iceland, both EU/EEA); a location the table lacks
+  keeps its offers with them None (counted as unrecognised by the ingest) and a note.
 
 ## Scopes and capacity by presence
 Each market's availability call is its own scope, `Scope("verda", market=...)`, covering
@@ -147,7 +153,9 @@ def gpu_candidates(row: Mapping[str, Any]) -> list[str]:
 @dataclass(frozen=True)
 class VerdaType:
     name: str
-    model: gpus.GpuModel
+    #: None: the catalogue does not know the GPU (kept, `gpu_name` as `gpu_name_raw`).
+    model: gpus.GpuModel | None
+    gpu_name: str
     gpu_count: Decimal
     gpu_memory_gb: Decimal | None
     vcpus: Decimal | None
@@ -174,12 +182,41 @@ class Catalogue:
         return frozenset((NAME, t) for t in self.types)
 
 
-def _memory(per_gpu: Decimal | None, model: gpus.GpuModel) -> Decimal | None:
+def _memory(per_gpu: Decimal | None, model: gpus.GpuModel | None) -> Decimal | None:
     """GB per GPU as Verda states it (total / count), else the catalogue's figure."""
     if per_gpu is None:
-        return Decimal(model.memory_gb) if model.memory_gb is not None else None
+        if model is None or model.memory_gb is None:
+            return None
+        return Decimal(model.memory_gb)
     whole = per_gpu.to_integral_value()
     return whole if per_gpu == whole else per_gpu.quantize(Decimal("0.01"))
+
+
+def _prices(row: Mapping[str, Any], name: str, cat: Catalogue, what: str) -> dict[Market, Decimal]:
+    """The type's positive prices by market (a missing or zero one is counted)."""
+    prices: dict[Market, Decimal] = {}
+    for market, fname in _PRICE_FIELDS:
+        raw_price = row.get(fname)
+        price = _decimal(raw_price)
+        if raw_price is not None and price is None:
+            raise MalformedResponse(f"{what}: {name}: {fname} is {raw_price!r}")
+        if price is None or price <= 0:
+            cat.skip("no_price", f"{name} {market}")
+            continue
+        prices[market] = price
+    return prices
+
+
+def _model(
+    row: Mapping[str, Any], name: str, memory_mib: int | None
+) -> tuple[gpus.GpuModel | None, str]:
+    """The catalogue entry of the type's GPU (None if unknown) and the name it goes by."""
+    candidates = gpu_candidates(row)
+    for candidate in candidates:
+        model = gpus.normalise(candidate, provider=NAME, instance_type=name, memory_mib=memory_mib)
+        if model is not None:
+            return model, candidate
+    return None, candidates[0] if candidates else name
 
 
 def parse_instance_types(doc: Any) -> Catalogue:
@@ -206,34 +243,16 @@ def parse_instance_types(doc: Any) -> Catalogue:
         if isinstance(currency, str) and currency.lower() != "usd":
             cat.skip("currency", f"{name}: priced in {currency!r}")
             continue
-        prices: dict[Market, Decimal] = {}
-        for market, fname in _PRICE_FIELDS:
-            raw_price = row.get(fname)
-            price = _decimal(raw_price)
-            if raw_price is not None and price is None:
-                raise MalformedResponse(f"{what}: {name}: {fname} is {raw_price!r}")
-            if price is None or price <= 0:
-                cat.skip("no_price", f"{name} {market}")
-                continue
-            prices[market] = price
+        prices = _prices(row, name, cat, what)
         total_memory = _decimal(_section(row, "gpu_memory").get("size_in_gigabytes"))
         per_gpu = total_memory / count if total_memory and total_memory > 0 else None
-        memory_mib = int(per_gpu * 1024) if per_gpu is not None else None
-        model = None
-        for candidate in gpu_candidates(row):
-            model = gpus.normalise(
-                candidate, provider=NAME, instance_type=name, memory_mib=memory_mib
-            )
-            if model is not None:
-                break
-        if model is None:
-            cat.skip("unknown_gpu", f"{name}: {gpu_candidates(row)}")
-            continue
+        model, gpu_name = _model(row, name, int(per_gpu * 1024) if per_gpu is not None else None)
         if not prices:
             continue
         cat.types[name] = VerdaType(
             name=name,
             model=model,
+            gpu_name=gpu_name,
             gpu_count=to_count(count),
             gpu_memory_gb=_memory(per_gpu, model),
             vcpus=_decimal(_section(row, "cpu").get("number_of_cores")),
@@ -281,7 +300,7 @@ def parse_availability(doc: Any, cat: Catalogue, market: Market) -> ScopeOffers:
                     out.skipped["unlisted_type"] += 1
                     if len(out.notes) < MAX_NOTES:
                         out.notes.append(f"{NAME} {location} {name}: not in /instance-types")
-                continue  # no GPU, unknown GPU, no price: counted once in the catalogue
+                continue  # no GPU or no price: counted once in the catalogue
             price = t.prices.get(market)
             key = f"{location}/{name}"
             if price is None or key in seen:
@@ -293,7 +312,7 @@ def parse_availability(doc: Any, cat: Catalogue, market: Market) -> ScopeOffers:
                     region=location,
                     instance_type=name,
                     market=market,
-                    **model_fields(t.model),
+                    **model_fields(t.model, t.gpu_name),
                     gpu_count=t.gpu_count,
                     gpu_memory_gb=t.gpu_memory_gb,
                     vcpus=t.vcpus,

@@ -1,9 +1,15 @@
-"""A fake Lambda Cloud API: `GET /instance-types` in the documented shape (PROVIDERS.md §4).
+"""A fake Lambda Cloud API: `GET /instance-types` in the documented shape.
 
 `{"data": {name: {"instance_type": {...}, "regions_with_capacity_available": [...]}}}`, errors
-as `{"error": {"code", "message", "suggestion"}}`. The market is a mutable `types` map, so a
-test can move capacity between polls. Names, descriptions and specs follow Lambda's real
-catalogue (gpu_description strings as Lambda writes them: "H100 (80 GB SXM5)"); prices are
+as `{"error": {"code", "message", "suggestion"}}`: the `InstanceTypes`, `InstanceType`,
+`InstanceTypeSpecs`, `Region` and `ApiErrorUnauthorized` schemas of Lambda's OpenAPI spec
+(https://docs.lambda.ai/api/cloud, version 1.8.3, vendored as `openapi-1.8.3.json` in
+alexandervaneck/lambda-ai-cloud-api-client), whose `InstanceTypes` example is
+`gpu_1x_gh200` / "GH200 (96 GB)" in `us-west-1` "California, USA". Region names are the
+spec's `PublicRegionCode` enum; their descriptions other than us-west-1's are illustrative
+(the adapter reads only `name`). The market is a mutable `types` map, so a test can move
+capacity between polls. Names, descriptions and specs follow Lambda's real catalogue
+(gpu_description strings as Lambda writes them: "H100 (80 GB SXM5)"); prices are
 illustrative, not quotes.
 """
 
@@ -16,7 +22,7 @@ from tests.fakes.http import FakeHttpServer, FakeRequest, FakeResponse
 
 PATH = "/instance-types"
 
-#: Region name -> description, as Lambda lists them (the 17 public regions).
+#: Region name -> description: the 17 names of `PublicRegionCode` (OpenAPI spec 1.8.3).
 REGIONS: dict[str, str] = {
     "us-east-1": "Virginia, USA",
     "us-east-2": "Washington DC, USA",
@@ -30,7 +36,7 @@ REGIONS: dict[str, str] = {
     "us-midwest-1": "Illinois, USA",
     "us-midwest-2": "Ohio, USA",
     "europe-central-1": "Germany",
-    "europe-south-1": "Italy",
+    "australia-east-1": "Australia",
     "asia-northeast-1": "Osaka, Japan",
     "asia-northeast-2": "Tokyo, Japan",
     "asia-south-1": "India",

@@ -2,12 +2,19 @@
 
 The adapter's queries are parsed for real (a small GraphQL parser below: operations,
 aliases, arguments with object/list/variable values, nested selection sets), and resolved
-against a mutable market, so an adapter that misspells a field gets the GraphQL error a real
-server gives (`Cannot query field ...`, HTTP 400), not a silent `null`.
+against a mutable market, so an adapter that misspells a field, or sends an input field
+`GpuLowestPriceInput` does not define, gets the GraphQL error a real server gives
+(`Cannot query field ...`, `Field "x" is not defined by type ...`, HTTP 400), not a silent
+`null`.
 
-Schema covered (graphql-spec.runpod.io, PROVIDERS.md §5.1; `lowestPrice` inputs and outputs
-as third-party clients use them: SkyPilot's `fetch_runpod.py`, runpodctl):
+Schema covered (https://graphql-spec.runpod.io for GpuType and DataCenter; `countryCodes`,
+`DataCenter.listed` and the `lowestPrice` inputs `gpuCount`, `dataCenterId`, `countryCode`,
+`secureCloud`, `minCudaVersion`, `minDisk`, `minMemoryInGb`, `minVcpuCount` as
+dstackai/gpuhunt `src/gpuhunt/providers/runpod.py` sends them; `lowestPrice` outputs as
+gpuhunt, SkyPilot's `sky/catalog/data_fetchers/fetch_runpod.py` and runpod-python
+`runpod/api/queries/gpus.py` read them):
 
+    countryCodes -> [String]
     gpuTypes(input: GpuTypeFilter) -> [GpuType]
       GpuType: id displayName manufacturer memoryInGb maxGpuCount maxGpuCountSecureCloud
                maxGpuCountCommunityCloud secureCloud communityCloud securePrice communityPrice
@@ -15,10 +22,18 @@ as third-party clients use them: SkyPilot's `fetch_runpod.py`, runpodctl):
                lowestPrice(input: GpuLowestPriceInput) -> LowestPrice
       LowestPrice: gpuName gpuTypeId stockStatus maxUnreservedGpuCount availableGpuCounts
                    uninterruptablePrice minimumBidPrice minVcpu minMemory countryCode
-    dataCenters -> [DataCenter {id name location}]
+    dataCenters -> [DataCenter {id name location listed}]
+
+`lowestPrice` answers for the place its input names (`dataCenterId` in secure cloud,
+`countryCode` in community cloud) and for exactly `gpuCount` GPUs: a stock entry lists the
+pod sizes in stock there (`Stock.counts`), any other size answers `stockStatus: null`; with
+`minCudaVersion` above the hosts' CUDA (`Stock.cuda`) it answers `stockStatus: null` too.
 
 Prices are USD per GPU-hour as JSON numbers; names, ids and memory follow RunPod's GPU list
-(runpod/docs `references/gpu-types.mdx`); prices and stock are illustrative.
+(runpod/docs `references/gpu-types.mdx`); data centre ids are those of RunPod's REST API
+(`dataCenterIds`), country codes those of the countries SkyPilot's `fetch_runpod.py`
+`REGION_ZONES` maps RunPod data centres to; prices, stock and `listed` flags are
+illustrative.
 """
 
 from __future__ import annotations
@@ -204,13 +219,33 @@ class RunpodGpu:
 
 @dataclass
 class Stock:
-    """What `lowestPrice(input: {dataCenterId, secureCloud, gpuCount: 1})` reports."""
+    """What `lowestPrice(input: {dataCenterId | countryCode, secureCloud, gpuCount})` reports
+    at one place: `status` for the pod sizes in `counts` (None = 1 GPU only), null for any
+    other size, and null when `minCudaVersion` asks more than the hosts' `cuda`."""
 
     status: str | None
     max_unreserved: int | None = None
     counts: list[int] | None = None
     uninterruptable: float | None = None
     min_bid: float | None = None
+    cuda: str | None = None
+    #: what `availableGpuCounts` reports (None = not reported)
+    listed_counts: list[int] | None = None
+
+    def status_for(self, gpu_count: int, min_cuda: str | None) -> str | None:
+        if gpu_count not in (self.counts if self.counts is not None else [1]):
+            return None
+        if (
+            min_cuda is not None
+            and self.cuda is not None
+            and _version(min_cuda) > _version(self.cuda)
+        ):
+            return None
+        return self.status
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(text).split("."))
 
 
 @dataclass
@@ -218,6 +253,7 @@ class DataCenter:
     id: str
     name: str
     location: str
+    listed: bool = True
 
 
 GPU_FIELDS: dict[str, Callable[[RunpodGpu], Any]] = {
@@ -252,7 +288,20 @@ LOWEST_FIELDS = (
     "rentedCount",
     "totalCount",
 )
-DC_FIELDS = ("id", "name", "location")
+DC_FIELDS = ("id", "name", "location", "listed")
+#: The `GpuLowestPriceInput` fields the fake accepts (those gpuhunt sends).
+LOWEST_INPUTS = frozenset(
+    {
+        "gpuCount",
+        "dataCenterId",
+        "countryCode",
+        "secureCloud",
+        "minCudaVersion",
+        "minDisk",
+        "minMemoryInGb",
+        "minVcpuCount",
+    }
+)
 
 
 class _FieldError(Exception):
@@ -266,11 +315,15 @@ class RunpodFake:
     server: FakeHttpServer
     gpus: list[RunpodGpu]
     data_centers: list[DataCenter]
-    #: (data centre id, gpu id, "secure" | "community") -> stock; missing = lowestPrice null
+    #: (data centre id or country code, gpu id, "secure" | "community") -> stock; missing =
+    #: lowestPrice null
     stock: dict[tuple[str, str, str], Stock] = field(default_factory=dict)
     api_key: str = "rp_test_key"
     latency_s: float = 0.0
-    #: data centre id -> answers served (one per request) instead of the normal one
+    #: what `countryCodes` answers (RunPod lists null among them too)
+    country_codes: list[str | None] = field(default_factory=lambda: list(COUNTRY_CODES))
+    #: data centre id or country code -> answers served (one per request) instead of the
+    #: normal one
     dc_faults: dict[str, list[FakeResponse]] = field(default_factory=dict)
     #: answers served to the catalogue query instead of the normal one
     catalogue_faults: list[FakeResponse] = field(default_factory=list)
@@ -288,7 +341,10 @@ class RunpodFake:
         return self.server.requests_to(PATH)
 
     def catalogue_requests(self) -> int:
-        return sum(1 for q in self.queries if "dataCenterId" not in q)
+        return sum(1 for q in self.queries if "lowestPrice" not in q)
+
+    def stock_queries(self) -> list[str]:
+        return [q for q in self.queries if "lowestPrice" in q]
 
     # ------------------------------------------------------------------------ serving
 
@@ -309,7 +365,7 @@ class RunpodFake:
         except GraphQLSyntaxError as exc:
             return FakeResponse(400, json={"errors": [{"message": str(exc)}]})
         dc_ids = {
-            str(a.args.get("input", {}).get("dataCenterId"))
+            str(_place(a.args["input"]))
             for f in fields
             for a in (f.selections or [])
             if a.name == "lowestPrice" and isinstance(a.args.get("input"), dict)
@@ -328,6 +384,8 @@ class RunpodFake:
         return FakeResponse(json={"data": data})
 
     def _root(self, f: Field) -> Any:
+        if f.name == "countryCodes":
+            return list(self.country_codes)
         if f.name == "gpuTypes":
             flt = f.args.get("input") or {}
             gpus = [g for g in self.gpus if "id" not in flt or g.id == flt["id"]]
@@ -357,17 +415,20 @@ class RunpodFake:
 
     def _lowest(self, g: RunpodGpu, s: Field) -> dict[str, Any] | None:
         inp = s.args.get("input") or {}
-        dc = inp.get("dataCenterId")
+        for name in inp:
+            if name not in LOWEST_INPUTS:
+                raise _FieldError(f'Field "{name}" is not defined by type "GpuLowestPriceInput".')
         cloud = "secure" if inp.get("secureCloud") else "community"
-        st = self.stock.get((str(dc), g.id, cloud))
+        st = self.stock.get((str(_place(inp)), g.id, cloud))
         if st is None:
             return None
+        count = inp.get("gpuCount", 1)
         values = {
             "gpuName": g.display_name,
             "gpuTypeId": g.id,
-            "stockStatus": st.status,
+            "stockStatus": st.status_for(count, inp.get("minCudaVersion")),
             "maxUnreservedGpuCount": st.max_unreserved,
-            "availableGpuCounts": st.counts,
+            "availableGpuCounts": st.listed_counts,
             "uninterruptablePrice": st.uninterruptable,
             "minimumBidPrice": st.min_bid,
             "minVcpu": 8,
@@ -382,6 +443,11 @@ class RunpodFake:
                 raise _FieldError(f'Cannot query field "{sub.name}" on type "LowestPrice".')
             out[sub.alias] = values[sub.name]
         return out
+
+
+def _place(inp: dict[str, Any]) -> Any:
+    """The place a `lowestPrice` input names: its data centre, else its country."""
+    return inp.get("dataCenterId") or inp.get("countryCode")
 
 
 def graphql_error(message: str, code: str | None = None, status: int = 200) -> FakeResponse:
@@ -480,13 +546,22 @@ DATA_CENTERS: list[DataCenter] = [
 ]
 
 
+#: What `countryCodes` answers: the countries of RunPod's data centres (the keys of SkyPilot's
+#: `fetch_runpod.py` `REGION_ZONES`), and a null, which gpuhunt's catalogue skips.
+COUNTRY_CODES: list[str | None] = [
+    "AU", "CA", "CZ", "DK", "FR", "IN", "IS", "JP", "NL", "NO", "RO", "SE", "SG", "US", None,
+]  # fmt: skip
+
+
 def full_stock(
     gpus: list[RunpodGpu],
     dcs: list[DataCenter],
     pick: Callable[[int, int], Stock | None] | None = None,
+    countries: list[str | None] | None = None,
 ) -> dict[tuple[str, str, str], Stock]:
-    """Stock for every (data centre, GPU, cloud) that `pick(dc_index, gpu_index)` fills:
-    by default a deterministic spread of High/Medium/Low/None."""
+    """Stock for every (data centre, GPU, secure) and (country, GPU, community) that
+    `pick(place_index, gpu_index)` fills: by default a deterministic spread of
+    High/Medium/Low/None."""
 
     def default(i: int, j: int) -> Stock | None:
         k = (i * 7 + j * 3) % 5
@@ -496,14 +571,12 @@ def full_stock(
         return Stock(status, max_unreserved=(8, 4, 2, 0)[k], counts=[1, 2, 4, 8][: 4 - k])
 
     choose = pick or default
+    codes = [c for c in (COUNTRY_CODES if countries is None else countries) if c]
+    places = [(dc.id, "secure") for dc in dcs] + [(c, "community") for c in codes]
     out: dict[tuple[str, str, str], Stock] = {}
-    for i, dc in enumerate(dcs):
+    for i, (place, cloud) in enumerate(places):
         for j, g in enumerate(gpus):
             st = choose(i, j)
-            if st is None:
-                continue
-            if g.secure:
-                out[(dc.id, g.id, "secure")] = st
-            if g.community:
-                out[(dc.id, g.id, "community")] = st
+            if st is not None and (g.secure if cloud == "secure" else g.community):
+                out[(place, g.id, cloud)] = st
     return out

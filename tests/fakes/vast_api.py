@@ -1,12 +1,15 @@
-"""A fake Vast.ai search API: `POST /bundles/` in the documented shape (PROVIDERS.md §6).
+"""A fake Vast.ai search API: `POST /bundles/` in the documented shape.
 
-The answer is `{"offers": [...]}`, one object per rentable listing, with the fields the vast
-CLI reads (`id`, `machine_id`, `host_id`, `gpu_name`, `num_gpus`, `gpu_ram` (MiB per GPU),
-`dph_base`, `dph_total`, `min_bid`, `storage_cost`, `geolocation`, `reliability2`,
-`verification`, ...). The query's `type` chooses the listing set (`on-demand` or `bid`), so a
-test can fail one market and not the other. Errors are Vast's: `{"success": false, "error",
-"msg"}` bodies, and 429 as plain text "API requests too frequent" without Retry-After.
-Values are illustrative, not quotes.
+The answer is `{"offers": [...]}`, one object per rentable listing, with the fields of the
+documented example answer (https://docs.vast.ai/api-reference/search/search-offers) and
+vast-cli's `vastai/data/offer.py` `Offer` model (`id`, `machine_id`, `host_id`, `gpu_name`,
+`num_gpus`, `gpu_ram` (MB per GPU), `cpu_cores`, `cpu_cores_effective`, `cpu_ram` (MB, the
+whole machine), `dph_base`, `dph_total`, `min_bid`, `storage_cost` (USD per GB-month),
+`geolocation`, `reliability2`, `verification`, ...); the CPU and RAM defaults are the
+documented example's (64 cores, 32 effective, 65536 MB). The query's `type` chooses the
+listing set (`on-demand` or `bid`), so a test can fail one market and not the other. Errors
+are Vast's: `{"success": false, "error", "msg"}` bodies, and 429 as plain text "API requests
+too frequent" without Retry-After. Prices and places are illustrative, not quotes.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ def listing(
     host_id: int = 98765,
     dph_base: float | None = None,
     storage_cost: float = 0.15,
-    cpu_cores_effective: float = 16.0,
-    cpu_ram: int = 64419,
+    cpu_cores: int | None = 64,
+    cpu_cores_effective: float = 32.0,
+    cpu_ram: int = 65536,
     reliability2: float = 0.9912,
     rented: bool = False,
     rentable: bool = True,
@@ -70,6 +74,7 @@ def listing(
         "driver_version": "550.54.15",
         "inet_up": 850.2,
         "inet_down": 920.7,
+        "cpu_cores": cpu_cores,
         "cpu_cores_effective": cpu_cores_effective,
         "cpu_ram": cpu_ram,
         "disk_space": 512.0,
@@ -148,7 +153,7 @@ MARKET_GPUS: list[tuple[str, int, float]] = [
     ("H200", 143771, 2.60),
     ("L40S", 46068, 0.70),
     ("Tesla V100", 16384, 0.15),
-    ("GTX 1080 Ti", 11264, 0.08),  # not in the broker's catalogue: skipped as unknown_gpu
+    ("GTX 1080 Ti", 11264, 0.08),  # not in the broker's catalogue: kept, gpu_model None
 ]
 #: Geolocations as Vast writes them (state or country name, ISO code; sometimes only the
 #: code, sometimes an empty first part), plus a listing without one.

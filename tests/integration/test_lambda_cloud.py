@@ -21,7 +21,7 @@ from broker.config import LambdaCloudSettings, Settings
 from broker.db import session_scope
 from broker.domain import Availability, Market, PollResult, Scope
 from broker.models import MarketEvent, StoredOffer
-from broker.offers import ingest_poll
+from broker.offers import ingest_poll, unrecognised_of
 from providers.base import ProviderDisabled, get_provider_class
 from providers.lambda_cloud import LambdaCloud, gpu_of
 from tests.fakes.http import FakeHttpServer, FakeResponse, closed_port, serve
@@ -83,7 +83,7 @@ def small_market() -> list[LambdaType]:
         LambdaType(
             "gpu_8x_b200_sxm6", "B200 (180 GB SXM6)", 5352, 8, 208, 1800, 22528, ["me-west-1"]
         ),
-        LambdaType("gpu_1x_a6000", "A6000 (48 GB)", 109, 1, 14, 100, 512, ["europe-south-1"]),
+        LambdaType("gpu_1x_a6000", "A6000 (48 GB)", 109, 1, 14, 100, 512, ["australia-east-1"]),
         LambdaType("gpu_1x_rtx6000", "RTX 6000 (24 GB)", 69, 1, 14, 46, 512, ["us-south-1"]),
         LambdaType("gpu_8x_v100", "Tesla V100 (16 GB)", 632, 8, 92, 448, 5952, ["us-west-2"]),
         LambdaType("cpu_4x_general", None, 20, 0, 4, 16, 100, ["us-east-1"]),
@@ -127,9 +127,10 @@ def test_offers_from_the_documented_answer(fake: LambdaFake) -> None:
             "lambda_cloud/asia-south-1/gpu_1x_a100/on_demand",
             "lambda_cloud/us-east-3/gpu_1x_gh200/on_demand",
             "lambda_cloud/me-west-1/gpu_8x_b200_sxm6/on_demand",
-            "lambda_cloud/europe-south-1/gpu_1x_a6000/on_demand",
+            "lambda_cloud/australia-east-1/gpu_1x_a6000/on_demand",
             "lambda_cloud/us-south-1/gpu_1x_rtx6000/on_demand",
             "lambda_cloud/us-west-2/gpu_8x_v100/on_demand",
+            "lambda_cloud/us-east-1/gpu_1x_mystery/on_demand",
         ]
     )
     h100 = by_key["lambda_cloud/europe-central-1/gpu_8x_h100_sxm5/on_demand"]
@@ -163,9 +164,9 @@ def test_offers_from_the_documented_answer(fake: LambdaFake) -> None:
         "gpu_1x_a6000": "RTXA6000",
         "gpu_1x_rtx6000": "RTX6000",
         "gpu_8x_v100": "V100",
+        "gpu_1x_mystery": None,  # kept, see test_unknown_gpu_and_unknown_region_are_kept
     }
-    assert dict(result.skipped) == {"unknown_gpu": 1, "no_gpu": 1}
-    assert any("gpu_1x_mystery" in n and "unknown_gpu" in n for n in result.notes)
+    assert dict(result.skipped) == {"no_gpu": 1}
     # Every listed type is sold (sold-out ones included): missing regions mean "no capacity".
     assert result.capacity_by_presence == frozenset(
         ("lambda_cloud", t.name) for t in small_market()
@@ -227,7 +228,7 @@ def test_gpu_description_mapping(
     instance_type: str, description: str | None, model: str, memory_gb: int | None
 ) -> None:
     entry, stated = gpu_of(instance_type, description)
-    assert entry.name == model
+    assert entry is not None and entry.name == model
     assert stated == (Decimal(memory_gb) if memory_gb is not None else None)
 
 
@@ -239,24 +240,44 @@ def test_gpu_description_mapping(
     ],
 )
 def test_unknown_gpus_are_not_guessed(instance_type: str, description: str | None) -> None:
-    with pytest.raises(LookupError):
-        gpu_of(instance_type, description)
+    entry, _ = gpu_of(instance_type, description)
+    assert entry is None
 
 
-def test_region_missing_from_the_table_keeps_the_offer_without_location(
+def test_unknown_gpu_and_unknown_region_are_kept_without_model_or_location(
     fake_http: FakeHttpServer,
 ) -> None:
     fake = LambdaFake(
         fake_http,
-        [LambdaType("gpu_1x_a10", "A10 (24 GB PCIe)", 129, 1, regions=["mars-north-1"])],
+        [
+            LambdaType("gpu_1x_a10", "A10 (24 GB PCIe)", 129, 1, regions=["mars-north-1"]),
+            LambdaType("gpu_1x_mystery", "Mystery (12 GB)", 99, 1, 8, 32, 100, ["us-east-1"]),
+            LambdaType("gpu_8x_v100_n", None, 632, 8, 92, 448, 5952, ["us-west-2"]),
+        ],
         api_key=SECRET,
     )
     result = adapter(fake.url).fetch()
-    (offer,) = result.offers
-    assert offer.region == "mars-north-1"
-    assert (offer.country, offer.jurisdiction, offer.continent) == (None, None, None)
-    assert any("mars-north-1" in n for n in result.notes)
     assert result.scope_errors == []
+    assert dict(result.skipped) == {}
+    by_type = {o.instance_type: o for o in result.offers}
+    place = by_type["gpu_1x_a10"]
+    assert (place.region, place.gpu_model) == ("mars-north-1", "A10")
+    assert (place.country, place.jurisdiction, place.continent) == (None, None, None)
+    assert any("mars-north-1" in n for n in result.notes)
+    mystery = by_type["gpu_1x_mystery"]
+    assert (mystery.gpu_model, mystery.gpu_name_raw) == (None, "Mystery (12 GB)")
+    assert (mystery.gpu_family, mystery.gpu_vendor, mystery.accelerator_kind) == (None, None, None)
+    assert mystery.gpu_memory_gb == Decimal(12)  # stated in gpu_description
+    assert mystery.price_per_hour == Decimal("0.99")
+    assert (mystery.country, mystery.jurisdiction) == ("US", "US")
+    nameless = by_type["gpu_8x_v100_n"]  # no gpu_description: the type name stands in
+    assert (nameless.gpu_model, nameless.gpu_name_raw) == (None, "gpu_8x_v100_n")
+    assert unrecognised_of(result.offers) == {
+        "lambda_cloud": {
+            "regions": {"mars-north-1": 1},
+            "gpu_names": {"Mystery (12 GB)": 1, "gpu_8x_v100_n": 1},
+        }
+    }
 
 
 # ------------------------------------------------------------------------------ faults
@@ -304,7 +325,7 @@ def test_5xx_is_retried_then_the_poll_succeeds(fake: LambdaFake) -> None:
     waits: list[float] = []
     result = adapter(fake.url, waits=waits, max_attempts=3).fetch()
     assert list(result.scope_errors) == []
-    assert len(result.offers) == 10
+    assert len(result.offers) == 11
     assert waits == [0.01]
     assert len(fake.server.requests) == 2
 
@@ -321,7 +342,7 @@ def test_429_retry_after_is_honoured(fake: LambdaFake) -> None:
     result = adapter(fake.url, waits=waits, max_attempts=2).fetch()
     assert waits == [2.0]
     assert result.scope_errors == []
-    assert len(result.offers) == 10
+    assert len(result.offers) == 11
 
 
 def test_429_retry_after_beyond_the_bound_fails_the_poll(fake: LambdaFake) -> None:
@@ -447,7 +468,7 @@ def test_from_settings_reads_key_and_base_url_from_the_environment(
     provider = cls.from_settings(Settings(), Clock())
     result = provider.fetch()
     assert result.scope_errors == []
-    assert len(result.offers) == 10
+    assert len(result.offers) == 11
 
 
 # ------------------------------------------------------------------------------ ingest
@@ -507,7 +528,7 @@ def test_capacity_by_presence_through_the_real_adapter(
 def test_failed_poll_keeps_offers_then_recovers(engine: Engine, fake: LambdaFake) -> None:
     clock = Clock()
     lam = adapter(fake.url, clock=clock)
-    assert ingest(engine, lam.fetch()) == {"offer_appeared": 10}
+    assert ingest(engine, lam.fetch()) == {"offer_appeared": 11}
     clock.tick()
     fake.server.fail("GET", PATH, FakeResponse(500, json=error_body("global/unknown")))
     assert ingest(engine, lam.fetch()) == {"provider_degraded": 1}
@@ -519,6 +540,6 @@ def test_failed_poll_keeps_offers_then_recovers(engine: Engine, fake: LambdaFake
                 StoredOffer.availability == "available",
             )
         ).all()
-    assert len(active) == 10  # nothing withdrawn or sold out by a failed poll
+    assert len(active) == 11  # nothing withdrawn or sold out by a failed poll
     clock.tick()
     assert ingest(engine, lam.fetch()) == {"provider_recovered": 1}

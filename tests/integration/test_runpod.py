@@ -21,9 +21,9 @@ from broker.config import RunpodSettings, Settings
 from broker.db import session_scope
 from broker.domain import Availability, Market, PollResult, Scope
 from broker.models import MarketEvent, StoredOffer
-from broker.offers import ingest_poll
+from broker.offers import ingest_poll, unrecognised_of
 from providers.base import ProviderDisabled
-from providers.runpod import Runpod, graphql_error, stock_query
+from providers.runpod import Runpod, check_cuda_version, cloud_of, graphql_error, stock_query
 from tests.fakes.http import FakeHttpServer, FakeResponse, closed_port
 from tests.fakes.runpod_api import DataCenter, RunpodFake, RunpodGpu, Stock
 from tests.fakes.runpod_api import graphql_error as gql_error
@@ -94,53 +94,73 @@ DCS = [
     DataCenter("US-TX-3", "US-TX-3", "United States"),
     DataCenter("EUR-IS-1", "EUR-IS-1", "Europe"),
     DataCenter("EU-XX-9", "EU-XX-9", "Europe"),  # not in broker/data/regions.csv
+    DataCenter("US-OR-1", "US-OR-1", "United States", listed=False),  # not listed: skipped
 ]
+#: Community cloud is addressed by country; PL is not in broker/data/regions.csv.
+COUNTRIES: list[str | None] = ["SE", "IS", "PL", None]
+PLACES = ["EU-RO-1", "US-TX-3", "EUR-IS-1", "EU-XX-9", "SE", "IS", "PL"]
 
 
 def stock() -> dict[tuple[str, str, str], Stock]:
     return {
         ("EU-RO-1", H100, "secure"): Stock("High", 8, [1, 2, 4, 8], 2.69, 1.75),
-        ("EU-RO-1", H100, "community"): Stock("Low", 3, [1, 2], 2.39, 1.5),
-        ("EU-RO-1", MYSTERY, "community"): Stock("High", 4, [1]),
+        ("SE", H100, "community"): Stock("Low", 3, [1, 2], 2.39, 1.5),
+        ("SE", MYSTERY, "community"): Stock("High", 4, [1]),  # a GPU the catalogue lacks
         ("US-TX-3", H100, "secure"): Stock(None, 0, []),  # no stock: no offer
-        ("US-TX-3", A100, "secure"): Stock("Medium", None, None),  # no pod sizes stated
+        ("US-TX-3", A100, "secure"): Stock("Medium", None, None),  # 1-GPU pods only
         ("EUR-IS-1", RTX4090, "secure"): Stock("High", 16, [1, 2, 4, 8]),  # max 4 secure
-        ("EUR-IS-1", RTX4090, "community"): Stock("Scarce", 1, [1]),  # unknown status
+        ("IS", RTX4090, "community"): Stock("Scarce", 1, [1]),  # unknown status
         ("EU-XX-9", H100, "secure"): Stock("High", 1, [1]),
+        ("PL", RTX4090, "community"): Stock("High", 2, [1, 2]),
+        ("US-OR-1", H100, "secure"): Stock("High", 8, [1]),  # never asked: not listed
     }
+
+
+#: Offers the fixture makes (see `test_offers_per_place_cloud_pod_size_and_market`).
+N_OFFERS = 28
 
 
 @pytest.fixture
 def fake(fake_http: FakeHttpServer) -> RunpodFake:
-    return RunpodFake(fake_http, gpus(), DCS, stock(), api_key=SECRET)
+    return RunpodFake(
+        fake_http, gpus(), DCS, stock(), api_key=SECRET, country_codes=list(COUNTRIES)
+    )
 
 
-def key(dc: str, gpu: str, n: int, cloud: str, market: str) -> str:
-    return f"runpod/{dc}/{gpu} x{n} {cloud}/{market}"
+def key(place: str, gpu: str, n: int, cloud: str, market: str) -> str:
+    return f"runpod/{place}/{gpu} x{n} {cloud}/{market}"
+
+
+class CudaSettings(RunpodSettings):
+    """`RunpodSettings` with the CUDA floor field the adapter reads (see providers/runpod.py)."""
+
+    min_cuda_version: str | None = None
 
 
 # ------------------------------------------------------------------------------ parsing
 
 
-def test_offers_per_data_centre_cloud_pod_size_and_market(fake: RunpodFake) -> None:
+def test_offers_per_place_cloud_pod_size_and_market(fake: RunpodFake) -> None:
     result = adapter(fake.url).fetch()
     assert result.scope_errors == []
-    assert sorted(s.region or "" for s in result.scopes_ok) == sorted(d.id for d in DCS)
+    assert sorted(s.region or "" for s in result.scopes_ok) == sorted(PLACES)
     by_key = {o.key: o for o in result.offers}
     expected = (
         [key("EU-RO-1", H100, n, "secure", m) for n in (1, 2, 4, 8) for m in ("on_demand", "spot")]
-        + [key("EU-RO-1", H100, n, "community", "on_demand") for n in (1, 2)]
+        + [key("SE", H100, n, "community", "on_demand") for n in (1, 2)]
+        + [key("SE", MYSTERY, 1, "community", m) for m in ("on_demand", "spot")]
         + [key("US-TX-3", A100, 1, "secure", m) for m in ("on_demand", "spot")]
         + [
             key("EUR-IS-1", RTX4090, n, "secure", m)
             for n in (1, 2, 4)
             for m in ("on_demand", "spot")
         ]
-        + [key("EUR-IS-1", RTX4090, 1, "community", m) for m in ("on_demand", "spot")]
+        + [key("IS", RTX4090, 1, "community", m) for m in ("on_demand", "spot")]
         + [key("EU-XX-9", H100, 1, "secure", m) for m in ("on_demand", "spot")]
+        + [key("PL", RTX4090, n, "community", m) for n in (1, 2) for m in ("on_demand", "spot")]
     )
     assert sorted(by_key) == sorted(expected)
-    assert len(result.offers) == len(by_key)
+    assert len(result.offers) == len(by_key) == N_OFFERS
 
     h100x8 = by_key[key("EU-RO-1", H100, 8, "secure", "on_demand")]
     assert (h100x8.gpu_model, h100x8.form_factor, h100x8.gpu_family) == ("H100-SXM", "SXM", "H100")
@@ -155,15 +175,22 @@ def test_offers_per_data_centre_cloud_pod_size_and_market(fake: RunpodFake) -> N
     assert (h100x8.vcpus, h100x8.memory_gb) == (None, None)
     assert h100x8.raw["priceField"] == "securePrice"
     assert h100x8.raw["stockStatus"] == "High"
+    assert (h100x8.raw["dataCenterId"], h100x8.raw["gpuCount"]) == ("EU-RO-1", 8)
 
     spot = by_key[key("EU-RO-1", H100, 2, "secure", "spot")]
     assert spot.market is Market.SPOT
     assert spot.price_per_hour == Decimal(str(H100_SECURE_SPOT)) * 2
     assert spot.available_count == 4
 
-    community = by_key[key("EU-RO-1", H100, 2, "community", "on_demand")]
+    community = by_key[key("SE", H100, 2, "community", "on_demand")]
     assert community.price_per_hour == Decimal(str(H100_COMMUNITY)) * 2
     assert (community.availability, community.available_count) == (Availability.LIMITED, 1)
+    assert (community.country, community.jurisdiction, community.continent) == (
+        "SE",
+        "EU",
+        "Europe",
+    )
+    assert community.raw["countryCode"] == "SE"
 
     a100 = by_key[key("US-TX-3", A100, 1, "secure", "on_demand")]
     assert (a100.gpu_model, a100.price_per_hour) == ("A100-80GB", Decimal(str(A100_SECURE)))
@@ -173,16 +200,66 @@ def test_offers_per_data_centre_cloud_pod_size_and_market(fake: RunpodFake) -> N
     rtx = by_key[key("EUR-IS-1", RTX4090, 4, "secure", "on_demand")]
     assert (rtx.gpu_model, rtx.price_per_hour) == ("RTX4090", Decimal(str(RTX_SECURE)) * 4)
     assert (rtx.country, rtx.jurisdiction) == ("IS", "EU")
-    odd = by_key[key("EUR-IS-1", RTX4090, 1, "community", "spot")]
+    odd = by_key[key("IS", RTX4090, 1, "community", "spot")]
     assert odd.price_per_hour == Decimal(str(RTX_COMMUNITY_SPOT))
     assert odd.availability is Availability.UNKNOWN
     assert any("unknown stockStatus 'Scarce'" in n for n in result.notes)
 
-    unknown_place = by_key[key("EU-XX-9", H100, 1, "secure", "on_demand")]
-    assert (unknown_place.country, unknown_place.jurisdiction) == (None, None)
-    assert any("'EU-XX-9' not in broker/data/regions.csv" in n for n in result.notes)
+    # H100 community spot has no price (counted once); US-OR-1 is not listed.
+    assert result.skipped == {"no_price": 1, "unlisted_data_center": 1}
 
-    assert result.skipped == {"unknown_gpu": 1, "no_price": 1}  # QuantumFlux; H100 community spot
+
+def test_unknown_gpu_and_unknown_place_are_kept_without_model_or_location(
+    fake: RunpodFake,
+) -> None:
+    result = adapter(fake.url).fetch()
+    by_key = {o.key: o for o in result.offers}
+    mystery = by_key[key("SE", MYSTERY, 1, "community", "on_demand")]
+    assert (mystery.gpu_model, mystery.gpu_name_raw) == (None, MYSTERY)
+    assert (mystery.gpu_family, mystery.gpu_vendor, mystery.accelerator_kind) == (None, None, None)
+    assert mystery.gpu_memory_gb == Decimal(24)  # memoryInGb, as RunPod states it
+    assert mystery.price_per_hour == Decimal("0.22")
+    assert (mystery.country, mystery.jurisdiction) == ("SE", "EU")
+    for place, cloud, n in (("EU-XX-9", "secure", 1), ("PL", "community", 2)):
+        offer = by_key[key(place, H100 if cloud == "secure" else RTX4090, n, cloud, "on_demand")]
+        assert (offer.country, offer.jurisdiction, offer.continent) == (None, None, None)
+        assert offer.gpu_model is not None
+        assert any(f"{place!r} not in broker/data/regions.csv" in t for t in result.notes)
+    assert "unknown_gpu" not in result.skipped
+    assert unrecognised_of(result.offers) == {
+        "runpod": {"regions": {"EU-XX-9": 2, "PL": 4}, "gpu_names": {MYSTERY: 2}}
+    }
+
+
+def test_stock_is_read_for_each_pod_size(fake: RunpodFake) -> None:
+    # The 1-GPU answer says nothing about larger pods (no availableGpuCounts); the 8-GPU
+    # pods are in stock, the 2- and 4-GPU ones are not.
+    fake.stock = {("EU-RO-1", H100, "secure"): Stock("High", 16, [1, 8])}
+    result = adapter(fake.url, data_centers=["EU-RO-1"]).fetch()
+    sizes = sorted({o.gpu_count for o in result.offers})
+    assert sizes == [Decimal(1), Decimal(8)]
+    (query,) = fake.stock_queries()
+    for n in range(1, 9):
+        assert f"c{n}: lowestPrice(input: {{gpuCount: {n}, " in query
+    assert "gpuCount: 9" not in query  # no type sells more than 8 in secure cloud
+
+
+def test_community_cloud_is_asked_by_country_and_secure_cloud_by_data_centre(
+    fake: RunpodFake,
+) -> None:
+    adapter(fake.url).fetch()
+    queries = fake.stock_queries()
+    assert len(queries) == len(PLACES)
+    for dc in ("EU-RO-1", "US-TX-3", "EUR-IS-1", "EU-XX-9"):
+        (q,) = [q for q in queries if f'"{dc}"' in q]
+        assert f'dataCenterId: "{dc}", secureCloud: true' in q
+        assert "countryCode" not in q
+    for country in ("SE", "IS", "PL"):
+        (q,) = [q for q in queries if f'"{country}"' in q]
+        assert f'countryCode: "{country}", secureCloud: false' in q
+        assert "dataCenterId" not in q
+    assert not any('"US-OR-1"' in q for q in queries)  # not listed
+    assert cloud_of("SE") == "community" and cloud_of("EU-RO-1") == "secure"
 
 
 def test_capacity_by_presence_names_every_sold_type_up_to_its_max(fake: RunpodFake) -> None:
@@ -192,22 +269,55 @@ def test_capacity_by_presence_names_every_sold_type_up_to_its_max(fake: RunpodFa
     assert f"{RTX4090} x4 secure" in types and f"{RTX4090} x5 secure" not in types
     assert f"{RTX4090} x8 community" in types
     assert f"{A100} x1 community" not in types  # not sold in community cloud
-    assert not any(t.startswith(MYSTERY) for t in types)
-    assert len(types) == 8 * 2 + 8 + 4 + 8
+    assert f"{MYSTERY} x1 community" in types  # unknown to the catalogue, still sold
+    assert len(types) == 8 * 2 + 8 + 4 + 8 + 8
 
 
-def test_requests_carry_the_key_and_one_stock_query_per_data_centre(fake: RunpodFake) -> None:
+def test_requests_carry_the_key_and_one_stock_query_per_place(fake: RunpodFake) -> None:
     runpod = adapter(fake.url, max_concurrency=1)  # JsonApi.calls is not atomic across threads
     runpod.fetch()
     reqs = fake.requests()
-    assert len(reqs) == 1 + len(DCS) == runpod.calls
+    assert len(reqs) == 1 + len(PLACES) == runpod.calls
     assert {r.headers["authorization"] for r in reqs} == {f"Bearer {SECRET}"}
-    stock_queries = [q for q in fake.queries if "dataCenterId" in q]
-    assert sorted(stock_queries) == sorted(stock_query(d.id) for d in DCS)
+    counts = list(range(1, 9))
+    assert sorted(fake.stock_queries()) == sorted(stock_query(p, counts) for p in PLACES)
     assert 'dataCenterId: "EU-RO-1", secureCloud: true' in stock_query("EU-RO-1")
-    assert 'dataCenterId: "EU-RO-1", secureCloud: false' in stock_query("EU-RO-1")
+    assert 'countryCode: "SE", secureCloud: false' in stock_query("SE")
+    for bad in ('EU" } evil', "", "-EU"):
+        with pytest.raises(ValueError):
+            stock_query(bad)
     with pytest.raises(ValueError):
-        stock_query('EU" } evil')
+        stock_query("EU-RO-1", [])
+
+
+def test_cuda_floor_is_sent_with_every_stock_query(fake: RunpodFake) -> None:
+    fake.stock[("EUR-IS-1", RTX4090, "secure")] = Stock("High", 16, [1, 2, 4], cuda="12.4")
+    fake.stock[("EU-RO-1", H100, "secure")] = Stock("High", 8, [1], cuda="12.8")
+    settings = CudaSettings(
+        base_url=fake.url, timeout_s=0.3, max_attempts=1, min_cuda_version="12.8"
+    )
+    result = Runpod(SECRET, settings, clock=Clock()).fetch()
+    queries = fake.stock_queries()
+    assert queries and all('minCudaVersion: "12.8"' in q for q in queries)
+    regions_with_offers = {o.region for o in result.offers}
+    assert "EU-RO-1" in regions_with_offers  # hosts run CUDA 12.8
+    assert "EUR-IS-1" not in regions_with_offers  # hosts stop at CUDA 12.4
+    assert {o.raw["minCudaVersion"] for o in result.offers} == {"12.8"}
+    # Without the setting (an older RunpodSettings), no floor is sent.
+    fake.queries.clear()
+    plain = adapter(fake.url).fetch()
+    assert not any("minCudaVersion" in q for q in fake.stock_queries())
+    assert any(o.region == "EUR-IS-1" for o in plain.offers)
+
+
+def test_a_malformed_cuda_floor_disables_the_adapter_with_the_setting_to_fix() -> None:
+    class WithFloor(Settings):
+        runpod: CudaSettings = CudaSettings(api_key=SECRET, min_cuda_version="twelve")
+
+    with pytest.raises(ProviderDisabled, match="BROKER_RUNPOD__MIN_CUDA_VERSION"):
+        Runpod.from_settings(WithFloor(), Clock())
+    assert check_cuda_version(" 12.8 ") == "12.8"
+    assert check_cuda_version(None) is None
 
 
 def test_data_centres_setting_limits_the_fan_out(
@@ -215,12 +325,13 @@ def test_data_centres_setting_limits_the_fan_out(
 ) -> None:
     monkeypatch.setenv("BROKER_RUNPOD__API_KEY", SECRET)
     monkeypatch.setenv("BROKER_RUNPOD__BASE_URL", fake.url)
-    monkeypatch.setenv("BROKER_RUNPOD__DATA_CENTERS", "EU-RO-1, US-TX-3")
+    monkeypatch.setenv("BROKER_RUNPOD__DATA_CENTERS", "EU-RO-1, US-TX-3, SE, US-OR-1")
     settings = Settings()
-    assert settings.runpod.data_centers == ["EU-RO-1", "US-TX-3"]
+    assert settings.runpod.data_centers == ["EU-RO-1", "US-TX-3", "SE", "US-OR-1"]
     result = Runpod.from_settings(settings, Clock()).fetch()
-    assert [s.region for s in result.scopes_ok] == ["EU-RO-1", "US-TX-3"]
-    assert {o.region for o in result.offers} == {"EU-RO-1", "US-TX-3"}
+    assert [s.region for s in result.scopes_ok] == ["EU-RO-1", "US-TX-3", "SE"]
+    assert {o.region for o in result.offers} == {"EU-RO-1", "US-TX-3", "SE"}
+    assert result.skipped["unlisted_data_center"] == 1  # US-OR-1, named but not listed
 
 
 def test_from_settings_without_a_key_is_disabled_with_the_env_var_to_set() -> None:
@@ -318,7 +429,7 @@ def test_429_retry_after_is_honoured_then_succeeds(fake: RunpodFake) -> None:
     result = adapter(fake.url, waits=waits, max_attempts=2).fetch()
     assert waits == [3.0]
     assert result.scope_errors == []
-    assert len(result.offers) == 22
+    assert len(result.offers) == N_OFFERS
 
 
 def test_429_retry_after_beyond_the_bound_fails_at_once(fake: RunpodFake) -> None:
@@ -377,9 +488,10 @@ def test_one_data_centre_failing_leaves_the_others(
         assert err.code == code, err.message
     assert SECRET not in err.message
     assert Scope("runpod", "EU-RO-1") not in result.scopes_ok
-    assert {s.region for s in result.scopes_ok} == {"US-TX-3", "EUR-IS-1", "EU-XX-9"}
-    assert {o.region for o in result.offers} == {"US-TX-3", "EUR-IS-1", "EU-XX-9"}
-    assert len(result.offers) == 12
+    others = set(PLACES) - {"EU-RO-1"}
+    assert {s.region for s in result.scopes_ok} == others
+    assert {o.region for o in result.offers} == others
+    assert len(result.offers) == N_OFFERS - 8
 
 
 def test_data_centre_429_with_short_retry_after_is_retried(fake: RunpodFake) -> None:
@@ -427,9 +539,9 @@ def test_ingest_degrades_recovers_and_tracks_stock(engine: Engine, fake: RunpodF
     clock = Clock()
     runpod = adapter(fake.url, clock=clock)
     first = runpod.fetch()
-    assert _ingest(engine, first) == {"offer_appeared": 22}
+    assert _ingest(engine, first) == {"offer_appeared": N_OFFERS}
 
-    # EU-RO-1 fails: its 10 offers stay active and untouched; the provider is degraded.
+    # EU-RO-1 fails: its 8 offers stay active and untouched; the provider is degraded.
     clock.tick()
     fake.dc_faults["EU-RO-1"] = [FakeResponse(500, json={})]
     assert _ingest(engine, runpod.fetch()) == {"provider_degraded": 1}

@@ -21,7 +21,7 @@ from broker.config import Settings, VastSettings
 from broker.db import session_scope
 from broker.domain import Availability, Market, PollResult, Scope
 from broker.models import MarketEvent, StoredOffer
-from broker.offers import ingest_poll
+from broker.offers import ingest_poll, unrecognised_of
 from providers.base import ProviderDisabled, get_provider_class
 from providers.vast import Vast, instance_type_of, locate
 from tests.fakes.http import FakeHttpServer, FakeResponse, closed_port, serve
@@ -78,8 +78,8 @@ def sample_listings() -> list[dict[str, Any]]:
         # Two 1-GPU chunks of one machine: one offer, two available.
         listing(30000007, 50007, "RTX 5090", 1, 0.61, gpu_ram=32607, geolocation="Norway, NO"),
         listing(30000008, 50007, "RTX 5090", 1, 0.59, gpu_ram=32607, geolocation="Norway, NO"),
-        # Skipped: a GPU the catalogue does not know; a rented listing.
-        listing(30000009, 50009, "GTX 1080 Ti", 1, 0.09, gpu_ram=11264),
+        # Kept without a model: a GPU the catalogue does not know. Skipped: a rented listing.
+        listing(30000009, 50009, "GTX 1080 Ti", 1, 0.09, gpu_ram=11264, geolocation="Earth"),
         listing(30000010, 50010, "RTX 4090", 1, 0.30, rented=True),
     ]
 
@@ -112,9 +112,9 @@ def test_offers_from_the_documented_answer(fake: VastFake) -> None:
     result = adapter(fake.url, waits=waits).fetch()
     assert list(result.scope_errors) == []
     assert list(result.scopes_ok) == [ON_DEMAND, SPOT]
-    assert dict(result.skipped) == {"unknown_gpu": 2, "not_rentable": 2}
+    assert dict(result.skipped) == {"not_rentable": 2}
     by_key = {o.key: o for o in result.offers}
-    assert len(by_key) == 2 * 9
+    assert len(by_key) == 2 * 10
 
     h100 = by_key["vast/SE/8x-H100_SXM-m41234/on_demand"]
     assert (h100.gpu_model, h100.form_factor, h100.gpu_count) == ("H100-SXM", "SXM", Decimal(8))
@@ -134,8 +134,11 @@ def test_offers_from_the_documented_answer(fake: VastFake) -> None:
     assert {"reliability2", "verification", "dph_base", "storage_cost", "inet_up"} <= set(h100.raw)
     spot = by_key["vast/SE/8x-H100_SXM-m41234/spot"]
     assert spot.market == Market.SPOT
-    assert spot.price_per_hour == Decimal("9.6")  # min_bid, the interruptible floor
-    assert spot.price_per_gpu_hour == Decimal("1.2")
+    # min_bid (the interruptible floor) + the same 5 GB of disk dph_total includes:
+    # storage_cost 0.15 USD per GB-month × 5 GB / 720 h.
+    storage = Decimal("0.15") * 5 / 720
+    assert spot.price_per_hour == (Decimal("9.6") + storage).quantize(Decimal("0.000001"))
+    assert spot.raw["storage_per_hour"] == str(storage.quantize(Decimal("0.000001")))
     # The half-machine chunk is its own offer.
     half = by_key["vast/SE/4x-H100_SXM-m41234/on_demand"]
     assert (half.gpu_count, half.price_per_hour) == (Decimal(4), Decimal("7.74"))
@@ -195,6 +198,58 @@ def test_locate(geolocation: str | None, where: tuple[str, ...]) -> None:
     assert (loc.region, loc.country, loc.jurisdiction, loc.continent) == where
 
 
+def test_unknown_gpu_and_unknown_place_are_kept_without_model_or_location(
+    fake: VastFake,
+) -> None:
+    result = adapter(fake.url).fetch()
+    by_key = {o.key: o for o in result.offers}
+    for market in ("on_demand", "spot"):
+        odd = by_key[f"vast/unknown/1x-GTX_1080_Ti-m50009/{market}"]
+        assert (odd.gpu_model, odd.gpu_name_raw) == (None, "GTX 1080 Ti")
+        assert (odd.gpu_family, odd.gpu_vendor, odd.accelerator_kind) == (None, None, None)
+        assert odd.gpu_memory_gb == Decimal("11.00")  # gpu_ram as Vast states it
+        assert (odd.country, odd.jurisdiction, odd.continent) == (None, None, None)
+    assert by_key["vast/unknown/1x-GTX_1080_Ti-m50009/on_demand"].price_per_hour == Decimal("0.09")
+    assert "unknown_gpu" not in result.skipped
+    assert unrecognised_of(result.offers) == {
+        "vast": {"regions": {"unknown": 4}, "gpu_names": {"GTX 1080 Ti": 2}}
+    }
+
+
+def test_memory_is_the_listing_share_of_the_machine_ram(fake: VastFake) -> None:
+    fake.on_demand = [
+        # The documented example: 64 cores, 32 effective, 65536 MB for the whole machine.
+        listing(1, 11, "H100 SXM", 8, 15.46, gpu_ram=81559),
+        # A quarter of the machine's CPUs: a quarter of its RAM.
+        listing(2, 12, "H100 SXM", 2, 3.9, gpu_ram=81559, cpu_cores_effective=16.0),
+        # No cpu_cores: the share is unknown.
+        listing(3, 13, "H100 SXM", 1, 1.9, gpu_ram=81559, cpu_cores=None),
+    ]
+    fake.bid = []
+    result = adapter(fake.url).fetch()
+    memory = {o.instance_type: o.memory_gb for o in result.offers}
+    assert memory == {
+        "8x-H100_SXM-m11": Decimal("32.77"),  # 65536 MB × 32 / 64 / 1000
+        "2x-H100_SXM-m12": Decimal("16.38"),  # 65536 MB × 16 / 64 / 1000
+        "1x-H100_SXM-m13": None,
+    }
+    assert {o.vcpus for o in result.offers} == {Decimal("32.0"), Decimal("16.0")}
+
+
+def test_spot_prices_include_storage_as_on_demand_does(fake: VastFake) -> None:
+    fake.on_demand = []
+    fake.bid = [
+        listing(1, 11, "RTX 4090", 1, 0.36, min_bid=0.2, storage_cost=0.3),
+        listing(2, 12, "RTX 4090", 1, 0.36, min_bid=0.2),
+    ]
+    del fake.bid[1]["storage_cost"]
+    result = adapter(fake.url).fetch()
+    (spot,) = result.offers
+    # 0.2 USD/h bid + 0.3 USD per GB-month × 5 GB / 720 h of disk.
+    assert spot.price_per_hour == Decimal("0.202083")
+    assert dict(result.skipped) == {"no_storage_cost:spot": 1}
+
+
 def test_instance_type_is_per_machine_not_per_ask() -> None:
     assert instance_type_of("H100 SXM", 8, 41234) == "8x-H100_SXM-m41234"
     assert instance_type_of("RTX 6000Ada", 2, 7) == "2x-RTX_6000Ada-m7"
@@ -220,7 +275,7 @@ def test_timeout(fake: VastFake) -> None:
     result = adapter(fake.url, timeout_s=0.2).fetch()
     assert_scope_failed(result, ON_DEMAND, "timeout", "0.2s")
     assert list(result.scopes_ok) == [SPOT]
-    assert len(result.offers) == 9
+    assert len(result.offers) == 10
 
 
 def test_connection_refused() -> None:
@@ -236,7 +291,7 @@ def test_5xx_in_one_market_keeps_the_other(fake: VastFake) -> None:
     assert_scope_failed(result, SPOT, "unavailable", "HTTP 502", "(bid)")
     assert list(result.scopes_ok) == [ON_DEMAND]
     assert {o.market for o in result.offers} == {Market.ON_DEMAND}
-    assert len(result.offers) == 9
+    assert len(result.offers) == 10
 
 
 def test_429_without_retry_after_backs_off_on_its_own(fake: VastFake) -> None:
@@ -244,7 +299,7 @@ def test_429_without_retry_after_backs_off_on_its_own(fake: VastFake) -> None:
     waits: list[float] = []
     result = adapter(fake.url, waits=waits, max_attempts=3).fetch()
     assert list(result.scope_errors) == []
-    assert len(result.offers) == 18
+    assert len(result.offers) == 20
     # Backoff 6 s then 12 s (no Retry-After), then the pause before the second search.
     assert waits == [6.0, 12.0, 6.0]
     assert len(fake.server.requests) == 4
@@ -374,7 +429,7 @@ def test_from_settings_reads_the_environment(
     provider.sleep = lambda s: None  # the real pacing would wait 6 s
     result = provider.fetch()
     assert list(result.scope_errors) == []
-    assert len(result.offers) == 18
+    assert len(result.offers) == 20
 
 
 # ------------------------------------------------------------------------------ ingest
@@ -398,7 +453,7 @@ def active_keys(engine: Engine) -> set[str]:
 def test_degraded_market_keeps_its_offers_then_recovers(engine: Engine, fake: VastFake) -> None:
     clock = Clock()
     vast = adapter(fake.url, clock=clock)
-    assert ingest(engine, vast.fetch()) == {"offer_appeared": 18}
+    assert ingest(engine, vast.fetch()) == {"offer_appeared": 20}
     before = active_keys(engine)
     # The interruptible search fails: its offers stay, the provider is degraded.
     clock.tick()

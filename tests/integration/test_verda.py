@@ -20,7 +20,7 @@ from broker.config import Settings, VerdaSettings
 from broker.db import session_scope
 from broker.domain import Availability, Market, PollResult, Scope
 from broker.models import MarketEvent, StoredOffer
-from broker.offers import ingest_poll
+from broker.offers import ingest_poll, unrecognised_of
 from providers.base import ProviderDisabled
 from providers.verda import Verda, gpu_candidates
 from tests.fakes.http import FakeHttpServer, FakeResponse, closed_port
@@ -166,6 +166,7 @@ def test_offers_per_listed_type_location_and_market(fake: VerdaFake) -> None:
             key("FIN-03", "1V100.6V", "on_demand"),
             key("ICE-01", "8H100.80S.176V", "on_demand"),
             key("NEW-01", "1V100.6V", "on_demand"),
+            key("FIN-01", "1QF9000.8V", "on_demand"),  # unknown GPU: kept, no model
             key("FIN-01", "1H100.80S.30V", "spot"),
             key("FIN-02", "1A100.40S.22V", "spot"),
         ]
@@ -203,10 +204,30 @@ def test_offers_per_listed_type_location_and_market(fake: VerdaFake) -> None:
     assert (unknown_place.country, unknown_place.jurisdiction) == (None, None)
     assert any("'NEW-01' not in broker/data/regions.csv" in n for n in result.notes)
 
-    assert result.skipped == {"no_gpu": 1, "unknown_gpu": 1, "no_price": 1, "unlisted_type": 1}
+    assert result.skipped == {"no_gpu": 1, "no_price": 1, "unlisted_type": 1}
     assert result.capacity_by_presence == frozenset(
-        ("verda", t.instance_type) for t in (H100X8, H100X1, A100_40, A100_80, V100)
+        ("verda", t.instance_type) for t in (H100X8, H100X1, A100_40, A100_80, V100, MYSTERY)
     )
+
+
+def test_unknown_gpu_and_unknown_location_are_kept_without_model_or_location(
+    fake: VerdaFake,
+) -> None:
+    fake.available["on_demand"]["NEW-01"] = ["1V100.6V", "1QF9000.8V"]
+    result = adapter(fake.url).fetch()
+    by_key = {o.key: o for o in result.offers}
+    for region, country in (("FIN-01", "FI"), ("NEW-01", None)):
+        odd = by_key[key(region, "1QF9000.8V", "on_demand")]
+        assert (odd.gpu_model, odd.gpu_name_raw) == (None, "QuantumFlux 9000 24GB")
+        assert (odd.gpu_family, odd.gpu_vendor, odd.accelerator_kind) == (None, None, None)
+        assert (odd.gpu_count, odd.gpu_memory_gb) == (Decimal(1), Decimal(24))
+        assert odd.price_per_hour == Decimal("0.5")
+        assert odd.country == country
+    assert by_key[key("NEW-01", "1V100.6V", "on_demand")].gpu_model == "V100"
+    assert "unknown_gpu" not in result.skipped
+    assert unrecognised_of(result.offers) == {
+        "verda": {"regions": {"NEW-01": 2}, "gpu_names": {"QuantumFlux 9000 24GB": 2}}
+    }
 
 
 def test_gpu_name_candidates_most_specific_first() -> None:
@@ -260,7 +281,7 @@ def test_token_is_cached_until_it_expires_then_refreshed(fake: VerdaFake) -> Non
     clock.tick(31)  # past expires_in (3600 s) minus the margin
     result = verda.fetch()
     assert fake.token_grants == ["client_credentials", "refresh_token"]
-    assert result.scope_errors == [] and len(result.offers) == 9
+    assert result.scope_errors == [] and len(result.offers) == 10
 
 
 def test_a_401_on_a_data_call_refreshes_once_then_succeeds(fake: VerdaFake) -> None:
@@ -269,7 +290,7 @@ def test_a_401_on_a_data_call_refreshes_once_then_succeeds(fake: VerdaFake) -> N
     verda.fetch()
     fake.expire_access_tokens()  # revoked server-side, long before expires_in
     result = verda.fetch()
-    assert result.scope_errors == [] and len(result.offers) == 9
+    assert result.scope_errors == [] and len(result.offers) == 10
     assert fake.token_grants == ["client_credentials", "refresh_token"]
 
 
@@ -364,7 +385,7 @@ def test_429_retry_after_is_honoured_then_succeeds(fake: VerdaFake) -> None:
     waits: list[float] = []
     result = adapter(fake.url, waits=waits, max_attempts=2).fetch()
     assert waits == [4.0]
-    assert result.scope_errors == [] and len(result.offers) == 9
+    assert result.scope_errors == [] and len(result.offers) == 10
 
 
 def test_429_retry_after_beyond_the_bound_fails_at_once(fake: VerdaFake) -> None:
@@ -417,7 +438,7 @@ def test_spot_failing_leaves_on_demand(fake: VerdaFake, response: FakeResponse, 
     assert SECRET not in err.message
     assert list(result.scopes_ok) == [OD]
     assert {o.market for o in result.offers} == {Market.ON_DEMAND}
-    assert len(result.offers) == 7
+    assert len(result.offers) == 8
 
 
 def test_availability_429_with_short_retry_after_is_retried(fake: VerdaFake) -> None:
@@ -427,7 +448,7 @@ def test_availability_429_with_short_retry_after_is_retried(fake: VerdaFake) -> 
     waits: list[float] = []
     result = adapter(fake.url, waits=waits, max_attempts=2).fetch()
     assert waits == [1.5]
-    assert result.scope_errors == [] and len(result.offers) == 9
+    assert result.scope_errors == [] and len(result.offers) == 10
 
 
 def test_secrets_and_tokens_never_in_logs_or_errors(
@@ -475,7 +496,7 @@ def _offer(engine: Engine, offer_key: str) -> tuple[bool, str]:
 def test_ingest_degrades_recovers_and_tracks_availability(engine: Engine, fake: VerdaFake) -> None:
     clock = Clock()
     verda = adapter(fake.url, clock=clock)
-    assert _ingest(engine, verda.fetch()) == {"offer_appeared": 9}
+    assert _ingest(engine, verda.fetch()) == {"offer_appeared": 10}
 
     # The spot call fails: spot offers stay active, on-demand is still covered.
     clock.tick()
