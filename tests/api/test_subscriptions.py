@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select, text
+from sqlmodel import col
 
 from broker import gpus
 from broker.config import ReplaySettings, Settings
@@ -78,7 +79,7 @@ def test_create_seeds_the_match_set_and_hides_the_url(
             .select_from(StoredOffer)
             .where(
                 StoredOffer.active,  # type: ignore[arg-type]
-                StoredOffer.gpu_model.in_(h100),  # type: ignore[attr-defined]
+                col(StoredOffer.gpu_model).in_(h100),
                 StoredOffer.jurisdiction == "EU",  # type: ignore[arg-type]
                 StoredOffer.availability != "unavailable",  # type: ignore[arg-type]
             )

@@ -21,6 +21,7 @@ from broker.polling import replay_results
 from broker.scoring import MarketSnapshot, RequestSpec, Residency, recommend
 from providers import replay
 from tests.api.conftest import Keys, TestClient, bearer
+from tests.unit.test_scoring import to_market
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -255,29 +256,9 @@ def test_vast_listings_keep_their_form_factor_and_are_rented_once(
 
 
 def replay_market(folder: Path, now: datetime) -> list[Any]:
-    from broker.scoring import MarketOffer
-
-    out = []
-    for o in replay.read_snapshot(folder, now).offers:
-        if o.gpu_model is None:
-            continue
-        out.append(
-            MarketOffer(
-                key=o.key,
-                provider=o.provider,
-                region=o.region,
-                instance_type=o.instance_type,
-                market=o.market,
-                gpu_model=o.gpu_model,
-                gpu_count=o.gpu_count,
-                price_per_hour=o.price_per_hour,
-                price_per_gpu_hour=o.price_per_gpu_hour,
-                country=o.country,
-                jurisdiction=o.jurisdiction,
-                last_seen=now,
-            )
-        )
-    return out
+    """The scorer's view of a snapshot's offers (the unit tests' reading of an Offer)."""
+    offers = replay.read_snapshot(folder, now).offers
+    return [to_market(o) for o in offers if o.gpu_model is not None]
 
 
 def test_a_spec_change_is_an_event_and_history_keeps_each_points_per_gpu_price(

@@ -79,6 +79,7 @@ def test_replay_then_offers_from_a_fresh_database(
         "offer_withdrawn": by_type["offer_withdrawn"],
         "price_changed": by_type["price_changed"],
         "availability_changed": 0,
+        "spec_changed": by_type["spec_changed"],
     }
 
     args = [

@@ -110,7 +110,9 @@ def adapter(
     clock: Clock | None = None,
     **settings: Any,
 ) -> Aws:
-    opts: dict[str, Any] = {"timeout_s": 0.5, "max_attempts": 1, "regions": REGIONS}
+    # A generous timeout: on a loaded 2-core CI machine a local answer can take over 0.5 s
+    # (test_timeout sets its own).
+    opts: dict[str, Any] = {"timeout_s": 3.0, "max_attempts": 1, "regions": REGIONS}
     opts.update(settings)
     session = boto3.session.Session(
         aws_access_key_id=ACCESS_KEY,

@@ -112,7 +112,9 @@ def test_events_for_other_models_do_not_rescore(
     t1 = T0 + timedelta(minutes=5)
     # Withdraw every A100 offer: H100 requests are not touched.
     second = replace(
-        first, offers=[o for o in first.offers if not o.gpu_model.startswith("A100")], fetched_at=t1
+        first,
+        offers=[o for o in first.offers if not (o.gpu_model or "").startswith("A100")],
+        fetched_at=t1,
     )
     ingest(engine, second, settings, t1)
     assert events(engine) == []

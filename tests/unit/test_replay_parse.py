@@ -241,7 +241,7 @@ def test_offer_rejects_nonsense() -> None:
 
 def test_vast_memory_is_per_gpu_not_per_listing(data_dir: Path) -> None:
     result = read_snapshot(data_dir / "offers" / "2026-05-20", T0)
-    by_type: dict[str, set[tuple[str, Decimal | None]]] = {}
+    by_type: dict[str, set[tuple[str | None, Decimal | None]]] = {}
     for o in result.offers:
         if o.provider == "vast":
             by_type.setdefault(o.instance_type, set()).add((o.gpu_model, o.gpu_memory_gb))
