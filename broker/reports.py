@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from sqlalchemy import func, or_, select
+from sqlalchemy import String, cast, func, or_, select
 from sqlmodel import Session
 
 from broker import gpus, risk
@@ -106,6 +106,15 @@ def _form_factor(model: str) -> str | None:
         return None
 
 
+def _memory(model: str) -> Decimal | None:
+    """The catalogue's memory per GPU of a canonical model; None when it says none."""
+    try:
+        memory = gpus.get(model).memory_gb
+    except gpus.UnknownGpu:
+        return None
+    return Decimal(memory) if memory is not None else None
+
+
 def commitment_of(row: Reservation) -> Commitment:
     """The risk model's view of a reservation. GPUs per node come only from a booking
     (`gpus / instances`); an external commitment records no node size, so None."""
@@ -128,6 +137,7 @@ def commitment_of(row: Reservation) -> Commitment:
         currency=row.currency,
         offer_key=row.offer_key,
         form_factor=_form_factor(row.gpu_model),
+        gpu_memory_gb=_memory(row.gpu_model),
         gpus_per_node=per_node,
         counterparty=row.counterparty,
     )
@@ -202,6 +212,7 @@ def _market(session: Session, families: set[str], stale_before: datetime) -> lis
             c.gpu_model,
             c.gpu_family,
             c.form_factor,
+            c.gpu_memory_gb,
             c.jurisdiction,
             c.market,
             c.price_per_gpu_hour,
@@ -212,6 +223,8 @@ def _market(session: Session, families: set[str], stale_before: datetime) -> lis
         ).where(
             c.active,
             c.gpu_model.is_not(None),
+            # A price a sanity rule flags (broker.anomalies) is no yardstick.
+            cast(c.anomalies, String) == "[]",
             c.last_seen >= stale_before,
             c.availability != Availability.UNAVAILABLE,
             c.market.in_(
@@ -233,6 +246,7 @@ def _market(session: Session, families: set[str], stale_before: datetime) -> lis
                     gpu_family=family,
                     form_factor=r.form_factor,
                     gpus_per_instance=r.gpu_count,
+                    gpu_memory_gb=r.gpu_memory_gb,
                     jurisdiction=r.jurisdiction,
                     market=r.market,
                     price_per_gpu_hour=r.price_per_gpu_hour,

@@ -62,12 +62,27 @@ def is_like_for_like(c: Commitment, m: MarketPrice) -> bool:
         m.gpu_family == c.gpu_family
         and (c.form_factor is None or m.form_factor == c.form_factor)
         and (c.gpus_per_node is None or m.gpus_per_instance >= c.gpus_per_node)
+        and _memory_fits(c, m)
         and c.jurisdiction is not None
         and m.jurisdiction == c.jurisdiction
         and m.market == comparable_market(c.kind)
         and m.currency == c.currency
         and (m.max_gpus is None or m.max_gpus >= c.gpus)
     )
+
+
+#: Slack when comparing an offer's stated memory per GPU with the catalogue's figure of the
+#: commitment's model: providers report usable memory (SCP: 81251 MiB for an 80 GB A100),
+#: the same tolerance `broker.gpus` uses to tell 40 from 80 GB cards.
+MEMORY_TOLERANCE = Decimal("0.85")
+
+
+def _memory_fits(c: Commitment, m: MarketPrice) -> bool:
+    """An offer of less memory per GPU than the commitment's model is not like for like
+    (an A100 40 GB does not price an A100-80GB commitment); unknown on either side passes."""
+    if c.gpu_memory_gb is None or m.gpu_memory_gb is None:
+        return True
+    return m.gpu_memory_gb >= c.gpu_memory_gb * MEMORY_TOLERANCE
 
 
 def comparable_basis(c: Commitment) -> str:

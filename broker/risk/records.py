@@ -77,6 +77,8 @@ class Commitment:
     #: GPUs per node (instance) when the ledger knows it: `gpus / instances` of a booking
     #: from an offer. None for an external commitment (the ledger records no node size).
     gpus_per_node: Decimal | None = None
+    #: Memory per GPU of `gpu_model` in the catalogue (A100-80GB: 80); None when unknown.
+    gpu_memory_gb: Decimal | None = None
     #: Who the commitment is with, as recorded: a booking's provider, or whatever an external
     #: commitment was recorded with (None: nothing was).
     counterparty: str | None = None
@@ -125,6 +127,8 @@ class MarketPrice:
     form_factor: str | None
     #: GPUs of one instance (one node) of the offer.
     gpus_per_instance: Decimal
+    #: Memory per GPU as the offer states it; None when not stated.
+    gpu_memory_gb: Decimal | None
     jurisdiction: str | None
     market: str
     price_per_gpu_hour: Decimal

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, String, cast, func, or_, select
 
 from broker.auth import Role, create_api_key
 from broker.db import session_scope
@@ -32,6 +32,17 @@ D = timedelta(days=1)
 CENT = Decimal("0.01")
 #: The form factor a model name states (the catalogue's H100 variants); others state none.
 FORM_FACTOR = {"H100-SXM": "SXM", "H100-PCIe": "PCIe", "H100-NVL": "NVL", "H200-NVL": "NVL"}
+#: Memory per GPU of the models the test books name, from NVIDIA's data sheets (A100 40 or
+#: 80 GB; every H100 at least 80 GB).
+MEMORY_GB = {
+    "A100": Decimal(40),
+    "A100-80GB": Decimal(80),
+    "H100": Decimal(80),
+    "H100-SXM": Decimal(80),
+    "H100-PCIe": Decimal(80),
+    "H100-NVL": Decimal(94),
+    "L4": Decimal(24),
+}
 #: The real snapshot replayed for the like-for-like test (the newest of the data set).
 REAL_SNAPSHOT = "2026-05-20"
 
@@ -160,11 +171,13 @@ def market_rows(
     *,
     form_factor: str | None = None,
     per_node: Decimal | None = None,
+    memory_gb: Decimal | None = None,
 ) -> list[MarketRow]:
     """Fresh, not sold-out live offers of a family in a jurisdiction and market that can
     supply `gpus` (a Vast listing is one machine: only if it alone holds them), of
-    `form_factor` and at least `per_node` GPUs per instance when given, cheapest first
-    (then by key), by SQL over the offers table."""
+    `form_factor`, at least `per_node` GPUs per instance and at least 85 % of `memory_gb`
+    per GPU (unknown memory passes) when given, with no price anomaly, cheapest first (then
+    by key), by SQL over the offers table."""
     o = StoredOffer.__table__  # type: ignore[attr-defined]
     machine_gpus = o.c.gpu_count * func.coalesce(o.c.available_count, 1)
     stmt = (
@@ -177,6 +190,7 @@ def market_rows(
             o.c.availability != "unavailable",
             o.c.last_seen >= now - timedelta(minutes=120),
             or_(o.c.provider != "vast", machine_gpus >= gpus),
+            cast(o.c.anomalies, String) == "[]",
         )
         .order_by(o.c.price_per_gpu_hour, o.c.key)
     )
@@ -184,6 +198,10 @@ def market_rows(
         stmt = stmt.where(o.c.form_factor == form_factor)
     if per_node is not None:
         stmt = stmt.where(o.c.gpu_count >= per_node)
+    if memory_gb is not None:
+        stmt = stmt.where(
+            or_(o.c.gpu_memory_gb.is_(None), o.c.gpu_memory_gb >= memory_gb * Decimal("0.85"))
+        )
     with engine.connect() as conn:
         return [
             MarketRow(Decimal(r[0]), r[1], r[2], r[3], Decimal(r[4])) for r in conn.execute(stmt)
@@ -200,10 +218,19 @@ def best_market(
     *,
     form_factor: str | None = None,
     per_node: Decimal | None = None,
+    memory_gb: Decimal | None = None,
 ) -> tuple[Decimal, str] | None:
     """The cheapest of `market_rows`: (price, key)."""
     rows = market_rows(
-        engine, family, jurisdiction, market, now, gpus, form_factor=form_factor, per_node=per_node
+        engine,
+        family,
+        jurisdiction,
+        market,
+        now,
+        gpus,
+        form_factor=form_factor,
+        per_node=per_node,
+        memory_gb=memory_gb,
     )
     return None if not rows else (rows[0].price, rows[0].key)
 
@@ -256,6 +283,7 @@ def test_json_report_totals_mark_to_market_and_flags(
             now,
             gpus(b),
             form_factor=FORM_FACTOR.get(b["gpu_model"]),
+            memory_gb=MEMORY_GB.get(b["gpu_model"]),
         )
         eff = rate(b) + Decimal(b["upfront_fee_usd"]) / (
             gpus(b) * hours(b["starts_at"], b["ends_at"])

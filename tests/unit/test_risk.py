@@ -274,6 +274,7 @@ def mp(key: str, price: str, **kw: object) -> MarketPrice:
         gpu_family="H100",
         form_factor="SXM",
         gpus_per_instance=Decimal(8),
+        gpu_memory_gb=Decimal(80),
         jurisdiction="EU",
         market="on_demand",
         price_per_gpu_hour=Decimal(price),
@@ -368,6 +369,50 @@ def test_an_sxm_node_is_marked_only_against_sxm_offers_of_at_least_its_node_size
     small = risk.mark_to_market(sxm_node(gpus=8), MARKET, AS_OF, STALE_BEFORE)
     assert small.market_offer_key == "vast/de/h100/on_demand"
     assert small.market_offer_key == getattr(cheapest_like_for_like(sxm_node(gpus=8)), "key", None)
+
+
+def test_an_80gb_commitment_is_not_marked_against_a_40gb_card() -> None:
+    a100 = [
+        mp(
+            "gcp/eu/a100-40/on_demand",
+            "1.00",
+            gpu_family="A100",
+            gpu_model="A100",
+            form_factor=None,
+            gpu_memory_gb=Decimal(40),
+        ),
+        mp(
+            "gcp/eu/a100-80/on_demand",
+            "1.60",
+            gpu_family="A100",
+            gpu_model="A100-80GB",
+            form_factor=None,
+            gpu_memory_gb=Decimal("79.2"),
+        ),
+        mp(
+            "gcp/eu/a100-x/on_demand",
+            "1.20",
+            gpu_family="A100",
+            gpu_model="A100",
+            form_factor=None,
+            gpu_memory_gb=None,
+        ),
+    ]
+    big = replace(
+        c(1, family="A100", model="A100-80GB", jurisdiction="EU", rate="2.00"),
+        gpu_memory_gb=Decimal(80),
+    )
+    m = risk.mark_to_market(big, a100, AS_OF, STALE_BEFORE)
+    # Unknown memory cannot be judged and passes; the stated 40 GB card never does.
+    assert m.market_offer_key == "gcp/eu/a100-x/on_demand"
+    known = [x for x in a100 if x.gpu_memory_gb is not None]
+    assert risk.mark_to_market(big, known, AS_OF, STALE_BEFORE).market_offer_key == (
+        "gcp/eu/a100-80/on_demand"
+    )
+    small = replace(big, gpu_model="A100", gpu_memory_gb=Decimal(40))
+    assert risk.mark_to_market(small, known, AS_OF, STALE_BEFORE).market_offer_key == (
+        "gcp/eu/a100-40/on_demand"
+    )
 
 
 def test_without_a_node_size_any_size_compares_and_a_plain_family_any_form_factor() -> None:
