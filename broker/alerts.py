@@ -341,6 +341,8 @@ class CompiledFilter:
         """Does offer row `o` (active, not sold out) pass? Unknown place fails a place rule."""
         if not o.active or o.availability == Availability.UNAVAILABLE:
             return False
+        if o.gpu_model is None:
+            return False  # an accelerator the catalogue does not know: counted, never alerted
         if self.models is not None and o.gpu_model not in self.models:
             return False
         if self.min_gpus is not None and o.gpu_count < self.min_gpus:
@@ -852,6 +854,8 @@ def _offer_section(
         f"{price}\n{availability} · {_ttp_text(o, cfg, now)}\n"
         f"<{offer_link(o.key, settings)}|offer details>"
     )
+    for flag in getattr(o, "anomalies", None) or ():
+        text += f"\n:warning: price flagged: {flag['message']}"
     return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
 

@@ -982,5 +982,5 @@ def group_offers(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "regions": sorted({m["region"] for m in members}),
             }
         )
-    out.sort(key=lambda g: (g["min_price_per_gpu_hour"], g["provider"], g["gpu_model"]))
+    out.sort(key=lambda g: (g["min_price_per_gpu_hour"], g["provider"], g["gpu_model"] or ""))
     return out

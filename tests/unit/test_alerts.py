@@ -135,6 +135,8 @@ def test_model_count_and_anomaly_filters() -> None:
     assert compiled().matches(flagged)
     assert not compiled(exclude_anomalies=True).matches(flagged)
     assert compiled(exclude_anomalies=True).matches(offer())
+    # An accelerator the catalogue does not know is counted as unrecognised, never alerted.
+    assert not compiled().matches(offer(gpu_model=None, gpu_name_raw="Zorptron"))
     with pytest.raises(ValidationError, match="H100:0"):
         alerts.OfferFilter.model_validate({"gpu_models": ["H100:0"]})
 
@@ -220,6 +222,14 @@ def test_price_drops_say_what_it_was(tmp_path: Path) -> None:
         "1 price drop on 8×H100-SXM: aws eu-west-1 now $2.50/GPU-h (was $3.00)"
     )
     assert "(was $3.00/GPU-h)" in msg["blocks"][1]["text"]["text"]
+    assert "price flagged" not in msg["blocks"][1]["text"]["text"]
+
+
+def test_a_flagged_price_says_so_in_the_alert(tmp_path: Path) -> None:
+    why = "$1.00/GPU-h is under half the median $3.00 of aws's p5.48xlarge on_demand offers"
+    o = offer(anomalies=[{"code": "below_provider_median", "message": why}])
+    msg = alerts.offers_message("x", compiled(), [o], [], settings(tmp_path), ScoringConfig(), NOW)
+    assert f":warning: price flagged: {why}" in msg["blocks"][1]["text"]["text"]
 
 
 @pytest.mark.parametrize(
