@@ -237,6 +237,8 @@ class _Diff:
     sold_out: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     observations: list[dict[str, Any]] = field(default_factory=list)
+    #: GPU models (None: unrecognised) of every offer written: whose flags may change.
+    models: set[str | None] = field(default_factory=set)
 
     def event(
         self, type_: EventType, offer_key: str | None, provider: str, before: Any, after: Any
@@ -281,6 +283,7 @@ _CURRENT_COLUMNS = (
     "availability",
     "available_count",
     "fingerprint",
+    "gpu_model",
     *SPEC_FIELDS,
 )
 
@@ -345,8 +348,9 @@ def ingest_poll(
     provider_status = _update_provider_states(
         session, result, providers, at, diff.event, unrecognised
     )
-    if new or diff.withdrawals:
-        refresh_anomalies(conn)
+    if diff.models:
+        # Only a price, spec or membership change can change a flag, and only of its model.
+        refresh_anomalies(conn, diff.models)
     counts: Counter[str] = Counter(e["type"] for e in diff.events)
     first_id = last_id = None
     if diff.events:
@@ -425,6 +429,7 @@ def _diff_seen(
             )
             diff.inserts.append(values)
             diff.inserted_offers.append(offer)
+            diff.models.add(offer.gpu_model)
             diff.event(
                 EventType.OFFER_APPEARED, key, offer.provider, None, _appeared_payload(offer)
             )
@@ -460,6 +465,7 @@ def _diff_seen(
                 poll_run_id=diff.run_id,
             )
             diff.updates.append(values)
+            diff.models |= {offer.gpu_model, old.gpu_model}
             if moved:
                 kind = "changed" if old.active else "returned"
                 diff.point(old.id, kind, offer, availability, offer.available_count)
@@ -515,6 +521,7 @@ def _diff_missing(
                 diff.event(EventType.AVAILABILITY_CHANGED, key, old.provider, before, after)
             continue
         diff.withdrawals.append({"_id": old.id})
+        diff.models.add(old.gpu_model)
         diff.point(old.id, "withdrawn", old, old.availability, old.available_count)
         diff.event(EventType.OFFER_WITHDRAWN, key, old.provider, before, None)
 
@@ -570,11 +577,24 @@ def _write(conn: Connection, diff: _Diff, scopes_ok: Sequence[Scope]) -> None:
         conn.execute(insert(OBSERVATIONS), diff.observations)
 
 
-def refresh_anomalies(conn: Connection) -> int:
-    """Re-run the price-sanity rules (`broker.anomalies`) over the current market and store
-    each offer's flags; returns how many offers' flags changed. The rules compare an offer
-    with the rest of the market, so a poll of one provider can change another's flags."""
+def refresh_anomalies(conn: Connection, models: Iterable[str | None] | None = None) -> int:
+    """Re-run the price-sanity rules (`broker.anomalies`) and store each offer's flags;
+    returns how many offers' flags changed. The rules compare an offer with the rest of the
+    market (a poll of one provider can change another's flags), but only with offers of its
+    own GPU model: the same instance type (rules 1, 3: a type carries one model), slice family
+    (2) or model (4). So `models` (None in it: unrecognised accelerators) re-judges exactly
+    the offers of those models, a closed set; no `models` re-judges the whole market."""
     c = OFFERS.c
+    where: list[ColumnElement[bool]] = [c.active]
+    if models is not None:
+        wanted = set(models)
+        known = sorted(m for m in wanted if m is not None)
+        parts = [c.gpu_model.in_(known)] if known else []
+        if None in wanted:
+            parts.append(c.gpu_model.is_(None))
+        if not parts:
+            return 0
+        where.append(or_(*parts))
     rows = conn.execute(
         select(
             c.id,
@@ -591,7 +611,7 @@ def refresh_anomalies(conn: Connection) -> int:
             c.price_per_hour,
             c.price_per_gpu_hour,
             c.anomalies,
-        ).where(c.active)
+        ).where(*where)
     ).all()
     found = anomalies.detect(rows)
     changes = []

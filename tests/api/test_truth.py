@@ -313,3 +313,22 @@ def test_unrecognised_regions_and_names_are_shown_where_an_operator_looks(
     assert replayed["unrecognised"] == {"scp": {"regions": {"MARS-NORTH-1": len(mars)}}}
     text = client.get("/metrics").text
     assert f'broker_unrecognised_offers{{kind="region",provider="scp"}} {len(mars)}.0' in text
+
+
+def test_flags_kept_per_model_equal_a_full_recount(engine: Engine, data_dir: Path) -> None:
+    """Each ingest re-judges only the models it touched; after a series of real polls the
+    stored flags must equal the rules run over the whole current market."""
+    from sqlalchemy import select
+
+    from broker import anomalies
+    from broker.models import StoredOffer
+
+    folders = [data_dir / "offers" / n for n in ("2026-04-20", "2026-05-01", "2026-05-20")]
+    _replay(engine, folders)
+    offers = StoredOffer.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        rows = conn.execute(select(offers).where(offers.c.active)).all()
+    want = anomalies.detect(rows)
+    got = {r.key: r.anomalies for r in rows if r.anomalies}
+    assert got == {k: [a.as_dict() for a in v] for k, v in want.items()}
+    assert got, "the 2026 catalogs have flagged prices"
