@@ -129,6 +129,7 @@ def test_roles_and_auth(client: TestClient, keys: Keys, engine: Engine) -> None:
         ({"markets": ["black_market"]}, "markets.0", "on_demand"),
         ({"weights": {"time_to_power": 0, "cost": 0}}, "weights", "cannot both be 0"),
         ({"surprise": 1}, "surprise", "Extra inputs"),
+        ({"gpu_models": ["H100:0"]}, "gpu_models", "Bad GPU count"),
     ],
 )
 def test_bad_input_is_422_naming_the_field_and_writes_nothing(
@@ -215,3 +216,24 @@ def test_list_pages_walk_every_request_once(client: TestClient, keys: Keys) -> N
     assert sorted(seen) == sorted(ids) and len(seen) == 5
     bad = client.get("/v1/requests", params={"cursor": "nonsense"}, headers=h)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_cursor"
+
+
+def test_model_count_and_exclude_anomalies_shape_the_options(
+    client: TestClient, keys: Keys, market: ReplaySummary
+) -> None:
+    body = EU_H100 | {"gpu_models": ["H100:8"], "exclude_anomalies": True}
+    r = client.post("/v1/requests", json=body, headers=bearer(keys.member))
+    assert r.status_code == 201, r.text
+    assert r.json()["gpu_models"] == ["H100:8"] and r.json()["exclude_anomalies"] is True
+    rid = r.json()["id"]
+    rec = client.get(f"/v1/requests/{rid}/recommendations", headers=bearer(keys.member)).json()
+    offers = {
+        o["key"]: o
+        for o in client.get(
+            "/v1/offers", params={"gpu": "H100", "limit": 500}, headers=bearer(keys.member)
+        ).json()["data"]
+    }
+    for option in rec["options"]:
+        for part in option["offers"]:
+            assert offers[part["key"]]["gpu_count"] >= 8
+            assert offers[part["key"]]["anomalies"] == []

@@ -319,3 +319,46 @@ def test_marketplace_listings_are_never_combined_but_clouds_are() -> None:
     cloud = recommend(spec(gpus=8), MarketSnapshot([four("aws", 1), four("aws", 2)]), NOW)
     (opt,) = cloud.options
     assert [p.instances for p in opt.parts] == [1, 1] and opt.gpus == 8
+
+
+def test_a_flagged_price_ranks_with_low_confidence_or_is_excluded_on_request() -> None:
+    why = "$6.88/GPU-h is under half the median $14.00 of aws's p5.48xlarge on_demand offers"
+    flagged = _offer(
+        availability=Availability.AVAILABLE, anomalies=(("below_provider_median", why),)
+    )
+    clean = _offer(
+        key="aws/us-west-2/p5.48xlarge/on_demand",
+        region="us-west-2",
+        availability=Availability.AVAILABLE,
+        price_per_hour=Decimal("98.32"),
+        price_per_gpu_hour=Decimal("12.29"),
+    )
+    market = MarketSnapshot([flagged, clean])
+    rec = recommend(spec(gpus=8), market, NOW)
+    by_key = {o.keys[0]: o for o in rec.options}
+    assert by_key[flagged.key].confidence == "low" and by_key[clean.key].confidence == "high"
+    assert f"Price flagged (p5.48xlarge): {why}" in by_key[flagged.key].explanation
+    assert "Price flagged" not in by_key[clean.key].explanation
+    strict = recommend(spec(gpus=8, exclude_anomalies=True), market, NOW)
+    assert [o.keys for o in strict.options] == [(clean.key,)]
+    (group,) = [g for g in strict.excluded if g.reason == Reason.ANOMALY]
+    assert "below_provider_median" in group.as_dict()["message"]
+
+
+def test_model_count_minimum_and_quantity_unverified() -> None:
+    one = _offer(
+        key="aws/us-east-1/p5.4xlarge/on_demand",
+        instance_type="p5.4xlarge",
+        gpu_count=Decimal(1),
+        price_per_hour=Decimal("6.00"),
+        price_per_gpu_hour=Decimal("6.00"),
+    )
+    eight = _offer()
+    market = MarketSnapshot([one, eight])
+    rec = recommend(spec(gpus=16, min_gpus_per_instance={"H100-SXM": 8}), market, NOW)
+    assert {k for o in rec.options for k in o.keys} == {eight.key}
+    assert any("at least 8 (H100-SXM:8)" in g.as_dict()["message"] for g in rec.excluded)
+    # Two p5.48xlarge from a price list that states no count: allowed, and said so.
+    (opt,) = rec.options
+    assert opt.parts[0].instances == 2
+    assert "Quantity unverified: aws states no count for p5.48xlarge" in opt.explanation

@@ -51,6 +51,7 @@ class RequestPublic(BaseModel):
     needed_by: datetime | None
     duration_hours: int
     weights: dict[str, float]
+    exclude_anomalies: bool = False
     best_option: dict[str, Any] | None = Field(
         description="The best option at the last scoring: offer keys and instances, price, "
         "cost, time to power, score."
