@@ -216,7 +216,7 @@ def load_fractions(path: Path = DEFAULT_FRACTIONS) -> FractionTable:
 
     A row whose `gpu_model` the catalogue does not know (yet) is kept, listed in the
     table's `unknown` and logged once: the catalogue is edited apart from this table, and a
-    missing entry must show up as the adapters' `unknown_gpu` skip, not hide the size.
+    missing entry must show up as the adapters' unrecognised offers, not hide the size.
 
     Raises:
         OSError: the file cannot be read.

@@ -14,6 +14,14 @@ accelerator-optimized-machines#consumption_option_availability_by_machine_type; 
 `GCPProvider.filter` drops the same on-demand offers, citing that table). The table is
 `broker.sizes.markets_sold`; an offer in a market the table says is not sold is not emitted
 and is counted as `skipped["not_sold:<market>"]`.
+
+## Accelerators the GPU catalogue does not know
+An accelerator type `broker.gpus` cannot map (say `nvidia-tesla-t4-vws`) keeps its offers:
+`gpu_model` None and `gpu_name_raw` = the accelerator type name (`providers.base.
+model_fields`), counted as unrecognised by the ingest, never guessed, and a note names it
+once per region. The price does not depend on the model: SKUs are paired with machine and
+accelerator types by the accelerator type's own words (`providers._gcp_skus.model_words`),
+so such an offer is priced, or skipped as unpriced, exactly as a known one would be.
 """
 
 from __future__ import annotations
@@ -140,6 +148,8 @@ class OfferBuilder:
     markets_sold: MarketsSold = sizes.markets_sold
     #: accelerator type name → instance types of this region that carry it (for quotas).
     types_by_accelerator: dict[str, set[str]] = field(default_factory=dict)
+    #: accelerator type names the GPU catalogue did not know (noted once each).
+    unknown_accelerators: set[str] = field(default_factory=set)
 
     def skip(self, reason: str, note: str | None = None) -> None:
         self.out.skipped[reason] += 1
@@ -173,9 +183,15 @@ class OfferBuilder:
             self.attachable(zone, a)
 
     def _model(self, accel: str, instance_type: str) -> gpus.GpuModel | None:
+        """The catalogue's model of `accel`, or None (the offers are kept, unrecognised)."""
         model = gpus.normalise(accel, provider=NAME, instance_type=instance_type)
-        if model is None:
-            self.skip("unknown_gpu", f"{accel} ({instance_type}) not in the GPU catalogue")
+        if model is None and accel not in self.unknown_accelerators:
+            self.unknown_accelerators.add(accel)
+            if len(self.out.notes) < MAX_NOTES:
+                self.out.notes.append(
+                    f"gcp {self.region}: {accel} not in the GPU catalogue, offers kept "
+                    "without gpu_model"
+                )
         return model
 
     def _priced(
@@ -195,8 +211,6 @@ class OfferBuilder:
 
     def machine(self, zone: str, m: MachineType, accel: str, count: int) -> None:
         model = self._model(accel, m.name)
-        if model is None:
-            return
         memory_gib = Decimal(m.memory_mb) / 1024
         try:
             parts = machine_parts(m.name, accel, count, m.guest_cpus, memory_gib)
@@ -228,14 +242,13 @@ class OfferBuilder:
                 Decimal(count),
                 total,
                 raw,
+                accelerator=accel,
                 vcpus=Decimal(m.guest_cpus),
                 memory_gb=memory_gib,
             )
 
     def attachable(self, zone: str, a: AccelType) -> None:
         model = self._model(a.name, a.name)
-        if model is None:
-            return
         parts: list[Part] = [("gpu", ("gpu", model_words(a.name)), Decimal(1))]
         for market in MARKETS:
             priced = self._priced(a.name, parts, market, f"{zone} {a.name}")
@@ -251,7 +264,16 @@ class OfferBuilder:
                 "skus": used,
             }
             self.offer(
-                zone, a.name, market, model, Decimal(1), total, raw, vcpus=None, memory_gb=None
+                zone,
+                a.name,
+                market,
+                model,
+                Decimal(1),
+                total,
+                raw,
+                accelerator=a.name,
+                vcpus=None,
+                memory_gb=None,
             )
 
     def offer(
@@ -259,14 +281,17 @@ class OfferBuilder:
         zone: str,
         instance_type: str,
         market: Market,
-        model: gpus.GpuModel,
+        model: gpus.GpuModel | None,
         count: Decimal,
         total: Decimal,
         raw: dict[str, Any],
         *,
+        accelerator: str,
         vcpus: Decimal | None,
         memory_gb: Decimal | None,
     ) -> None:
+        """One offer; `accelerator` is GCP's accelerator type name (kept as `gpu_name_raw`
+        when `model` is None)."""
         price = to_price(total)
         if price <= 0:
             self.skip(f"zero_price:{market}")
@@ -278,9 +303,13 @@ class OfferBuilder:
                 zone=zone,
                 instance_type=instance_type,
                 market=market,
-                **model_fields(model),
+                **model_fields(model, accelerator),
                 gpu_count=to_count(count),
-                gpu_memory_gb=Decimal(model.memory_gb) if model.memory_gb is not None else None,
+                gpu_memory_gb=(
+                    Decimal(model.memory_gb)
+                    if model is not None and model.memory_gb is not None
+                    else None
+                ),
                 vcpus=vcpus,
                 memory_gb=memory_gb,
                 **place_fields(self.where),

@@ -68,8 +68,10 @@ after that is mapped in `map_error`: `Throttling`, `ThrottlingException`,
   markets look alike: `aws/<region>/<az>/<type>/<market>[/<offering id>]`).
 - `gpu_model` etc. from `broker.gpus.normalise(device Name, provider="aws", instance_type,
   memory_mib=device MemoryInfo.SizeInMiB)` (`H100` on `p5.*` is `H100-SXM`); a device the
-  catalogue does not know skips the type (`skipped["unknown_gpu"]`, a note names it), as does a
-  type mixing two device models (`mixed_accelerators`).
+  catalogue does not know keeps the type, its offers with `gpu_model` None and
+  `gpu_name_raw` = the device `Name` (`providers.base.model_fields`): counted as
+  unrecognised by the ingest, never guessed, priced like any other type. A type mixing two
+  device models is skipped (`mixed_accelerators`).
 - `gpu_count` = the device entry's `Count`; for GPU partitions (`GpuPartitionSize` < 1, e.g.
   g6f.large: Count 0, LogicalGpuCount 1, partition 0.125) = `LogicalGpuCount` ×
   `GpuPartitionSize` (0.125 of an L4). `gpu_memory_gb` = device `MemoryInfo.SizeInMiB` / 1024
@@ -377,7 +379,8 @@ class InstanceSpec:
     """One accelerated instance type of a region's catalogue, mapped onto the broker's terms."""
 
     instance_type: str
-    model: gpus.GpuModel
+    model: gpus.GpuModel | None
+    device_name: str
     count: Decimal
     device_memory_gb: Decimal | None
     vcpus: Decimal | None
@@ -416,8 +419,8 @@ def parse_instance_type(info: Mapping[str, Any]) -> InstanceSpec:
     """The `InstanceSpec` of one `InstanceTypeInfo` (boto3 dict).
 
     Raises:
-        _Skip: no accelerator (`no_gpu`), two device models (`mixed_accelerators`), or a
-            device the catalogue does not know (`unknown_gpu`).
+        _Skip: no accelerator (`no_gpu`) or two device models (`mixed_accelerators`). A
+            device the catalogue does not know is kept: `model` None, `device_name` its Name.
         MalformedResponse: no `InstanceType`.
     """
     itype = info.get("InstanceType")
@@ -442,10 +445,8 @@ def parse_instance_type(info: Mapping[str, Any]) -> InstanceSpec:
     model = gpus.normalise(
         name, provider=NAME, instance_type=itype, memory_mib=mib if isinstance(mib, int) else None
     )
-    if model is None:
-        raise _Skip("unknown_gpu", f"{itype}: {source} device {name!r} not in the GPU catalogue")
     device_gb = _mib_to_gib(mib)
-    if device_gb is None and model.memory_gb is not None:
+    if device_gb is None and model is not None and model.memory_gb is not None:
         device_gb = Decimal(model.memory_gb)
     vcpus = (info.get("VCpuInfo") or {}).get("DefaultVCpus")
     network = info.get("NetworkInfo") or {}
@@ -463,6 +464,7 @@ def parse_instance_type(info: Mapping[str, Any]) -> InstanceSpec:
     return InstanceSpec(
         instance_type=itype,
         model=model,
+        device_name=name,
         count=to_count(count),
         device_memory_gb=device_gb,
         vcpus=Decimal(vcpus) if isinstance(vcpus, int) and not isinstance(vcpus, bool) else None,
@@ -673,7 +675,7 @@ def make_offer(
         zone=zone,
         instance_type=spec.instance_type,
         market=market,
-        **model_fields(spec.model),
+        **model_fields(spec.model, spec.device_name),
         gpu_count=spec.count,
         gpu_memory_gb=spec.device_memory_gb,
         vcpus=spec.vcpus,
@@ -976,7 +978,7 @@ class Aws:
             max_workers=self.settings.max_concurrency,
             secrets=secrets,
         )
-        # The catalogue's own skips (unknown GPUs, ...) are counted once per poll.
+        # The catalogue's own skips (no GPU, mixed devices) and notes count once per poll.
         skipped = Counter(catalogue.skipped)
         skipped.update(result.skipped)
         notes = [*catalogue.notes, *result.notes][:MAX_NOTES]
@@ -1011,6 +1013,11 @@ class Aws:
             except _Skip as skip:
                 _note(cat, skip.reason, skip.note)
                 continue
+            if spec.model is None and len(cat.notes) < MAX_NOTES:
+                cat.notes.append(
+                    f"{NAME} {spec.instance_type}: device {spec.device_name!r} not in the GPU "
+                    "catalogue, offers kept without gpu_model"
+                )
             cat.specs[spec.instance_type] = spec
         return cat
 

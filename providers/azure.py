@@ -51,19 +51,20 @@ the bearer tokens this adapter was issued redacted.
 One offer per location, GPU size and market (zone = None: retail prices are per location; the
 zones are in `raw`):
 
-- `gpu_model`: the size table's model (`broker.sizes.fraction`, `broker/data/fractions.csv`)
-  when it lists the size, else `broker.gpus.normalise` of the GPU the size's series carries
-  (`_SERIES`, by SKU name, from Microsoft's size-series pages: ND H100 v5 → H100 → `H100-SXM` by
-  the catalogue's Azure rule, NC(C)ads H100 v5 → `H100-NVL`, NC A100 v4 and ND A100 v4 (`amsr`)
-  → `A100-80GB`, ND96asr_v4 → `A100` (40 GB), ...). A GPU size neither names (or whose model
-  the catalogue lacks) is skipped and counted as `skipped["unknown_gpu"]`, never guessed.
+- `gpu_model` etc.: `providers._azure_sizes.accelerator_of`: the size table's model
+  (`broker/data/fractions.csv`) when it lists the size, else `broker.gpus.normalise` of the
+  GPU the size's series carries (ND H100 v5 → H100 → `H100-SXM`, ...). A GPU size whose model
+  neither gives (or the catalogue lacks) is kept with `gpu_model` None and `gpu_name_raw` =
+  the name looked up (the table's model, the series' GPU, else the size's `family`): counted
+  as unrecognised by the ingest, never guessed, priced like any other size, with a note.
 - `gpu_count` = the size table's `fraction` when it lists the size, else the `GPUs`
   capability. The table wins where the two disagree: for the partial sizes the API says
   `GPUs` 1 (NVadsA10 v5 1/6, 1/3, 1/2, as SkyPilot's fetch_azure.py notes; NVv4 1/8, 1/4, 1/2,
   as the market data set shows), so the documented fraction is used (`to_count` → 0.167,
   0.333, 0.5); `raw["GPUs"]` keeps what the API said (None when it said nothing) and
   `raw["size_table"]` what the table gave. `gpu_memory_gb` = the table's `memory_gb` (the
-  slice's memory: 4 GB for 1/6 of an A10) when it gives one, else the catalogue's per-GPU figure.
+  slice's memory: 4 GB for 1/6 of an A10) when it gives one, else the catalogue's per-GPU
+  figure (None for an unrecognised GPU).
 - `vcpus` = `vCPUs`, `memory_gb` = `MemoryGB` (Azure's GB are GiB), `interconnect` =
   "InfiniBand" where `RdmaEnabled` is True (Azure's RDMA sizes use InfiniBand), else None.
 - `availability`: `unavailable` where a `restrictions[]` entry of type `Location` covers the
@@ -75,14 +76,8 @@ zones are in `raw`):
   note.
 
 ## GPU sizes
-A `virtualMachines` entry is a GPU size when it has a `GPUs` capability above 0, or the size
-table lists it (ND GB200 v6, ND GB300 v6 and ND96is MI300X v5 carry no `GPUs` capability at
-all: SkyPilot's fetch_azure.py, `AZURE_MISSING_GPU_COUNT`, from `az vm list-skus --all`), or
-its name is of a GPU series (`_SERIES`). Dropped, and counted in the poll's `skipped` once per
-location the SKU list gives (whatever `regions` polls), with a note: sizes of retired series
-(`retired`: NC, NCv2, ND and NV v1, `_RETIRED`; Azure deallocates what is left of them, so
-nothing can be bought), and GPU-series sizes with no `GPUs` capability that the table does not
-list (`no_gpu_count`: a count is never guessed).
+Which `virtualMachines` entries are GPU sizes, which are dropped (`retired` series, GPU series
+without a count: `no_gpu_count`) and the accelerator each carries: `providers._azure_sizes`.
 
 ## Prices (Retail Prices API, USD, per instance)
 Each price row (`Items[]`) is matched to a GPU size by `armSkuName` (case-insensitive) and
@@ -138,7 +133,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -161,7 +156,7 @@ from azure.core.rest import HttpRequest
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.core.exceptions import ARMErrorFormat
 
-from broker import gpus, regions, sizes
+from broker import regions
 from broker.config import AzureSettings, Settings
 from broker.domain import (
     Availability,
@@ -175,6 +170,20 @@ from broker.domain import (
     to_price,
     utcnow,
 )
+
+# `retired_series` and `series_gpu` are re-exported (the `as` form, for mypy): callers and
+# tests import them from the adapter.
+from providers._azure_sizes import (
+    MAX_NOTES,
+    NAME,
+    GpuSku,
+    SkuCatalogue,
+    accelerator_of,
+    raw_of,
+    wire_decimal,
+)
+from providers._azure_sizes import retired_series as retired_series
+from providers._azure_sizes import series_gpu as series_gpu
 from providers._http import BACKOFF_BASE_S, JsonApi, parse_retry_after
 from providers.base import (
     AuthFailed,
@@ -196,246 +205,20 @@ from providers.base import (
 
 log = logging.getLogger(__name__)
 
-NAME = "azure"
 #: A paged read that has not ended after this many pages is broken, not followed forever.
 MAX_PAGES = 1000
-MAX_NOTES = 50
 HOURS_PER_YEAR = 8760
 #: `api-version` of `GET .../Microsoft.Compute/skus` (the SDK's own for resource_skus.list).
 SKUS_API_VERSION = "2021-07-01"
 
 T = TypeVar("T")
 
-# --------------------------------------------------------------------------- GPU series
-
-#: SKU-name pattern of each GPU size series → the GPU name passed to `broker.gpus.normalise`
-#: (with the size as `instance_type`, so the catalogue's Azure H100 rule picks SXM / NVL).
-#: Sources: Microsoft's size-series pages (MicrosoftDocs/azure-compute-docs, articles/
-#: virtual-machines/sizes/gpu-accelerated/: ndh100v5, ncadsh100v5, nccadsh100v5, nd-h200-v5,
-#: ndmi300xv5, nca100v4, ndma100v4 (A100 80GB), ndasra100v4 (A100 40GB), nvadsa10v5, ncast4v3,
-#: ncv3 (V100 16GB), ndv2 (V100 32GB), nd-series (P40), nvv3/nv-series (M60), nvv4 (MI25),
-#: nc-rtxpro6000-bse-v6 (RTX PRO 6000 Blackwell Server Edition)); NC A10 v4 and the retired
-#: NCv2 (P100) / NC (K80) from the sizes SkyPilot's catalog fetcher maps by family.
-_SERIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE), gpu)
-    for pattern, gpu in (
-        (r"^Standard_ND\d+[a-z]*_H100_v5$", "H100"),
-        (r"^Standard_NCC?\d+[a-z]*_H100_v5$", "H100"),
-        (r"^Standard_ND\d+[a-z]*_H200_v5$", "H200"),
-        (r"^Standard_ND\d+[a-z]*_MI300X_v5$", "MI300X"),
-        (r"^Standard_NC\d+[a-z]*_A100_v4$", "A100 80GB"),
-        (r"^Standard_ND\d+[a-z]*_A100_v4$", "A100 80GB"),
-        (r"^Standard_ND\d+asr_v4$", "A100 40GB"),
-        (r"^Standard_NC\d+[a-z]*_A10_v4$", "A10"),
-        (r"^Standard_NV\d+[a-z]*_A10_v5$", "A10"),
-        (r"^Standard_NC\d+[a-z]*_T4_v3$", "T4"),
-        (r"^Standard_NC\d+r?s_v3$", "V100 16GB"),
-        (r"^Standard_ND\d+r?s_v2$", "V100 32GB"),
-        (r"^Standard_NC\d+r?s_v2$", "P100"),
-        (r"^Standard_ND\d+r?s$", "P40"),
-        (r"^Standard_NC\d+r?$", "K80"),
-        (r"^Standard_NV\d+(?:s_v[23])?$", "M60"),
-        (r"^Standard_NV\d+as_v4$", "MI25"),
-        (r"^Standard_NC\d+[a-z]*_xl_RTXPRO6000BSE_v6$", "RTXPRO6000S"),
-    )
-)
-
-#: Retired GPU series: Microsoft retired them and deallocates any VM left, yet old SKU lists and
-#: price lists may still name them. NC (K80) and NC_Promo, NCv2 (P100), ND (P40): retired
-#: 6 September 2023; NV (M60) and NV_Promo: 1 September 2022 (MicrosoftDocs/azure-docs,
-#: articles/virtual-machines/nc-series-retirement.md, ncv2-series-retirement.md,
-#: nd-series-retirement.md, NV-series-retirement.md). Matched on the name without `_Promo`.
-_RETIRED: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE), series)
-    for pattern, series in (
-        (r"^Standard_NC\d+r?$", "NC"),  # NC6, NC12, NC24, NC24r
-        (r"^Standard_NC\d+r?s_v2$", "NCv2"),  # NC6s_v2 ... NC24rs_v2
-        (r"^Standard_ND\d+r?s$", "ND"),  # ND6s, ND12s, ND24s, ND24rs
-        (r"^Standard_NV\d+$", "NV"),  # NV6, NV12, NV24 (not NVv3 NV12s_v3, NVv4 NV4as_v4)
-    )
-)
-
-_PROMO = re.compile(r"_Promo$", re.IGNORECASE)
 _LOCATION = re.compile(r"^[a-z0-9]+$")
 _WINDOWS = re.compile(r"\bWin(?:dows)?\b")
 _SPOT = re.compile(r"\bSpot\b", re.IGNORECASE)
 _LOW_PRIORITY = re.compile(r"\bLow Priority\b", re.IGNORECASE)
 _TERM = re.compile(r"^(\d+) Years?$")
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def series_gpu(sku_name: str) -> str | None:
-    """The GPU name a size's series carries (`Standard_ND96isr_H100_v5` → "H100"), or None."""
-    name = _PROMO.sub("", sku_name)
-    for pattern, gpu in _SERIES:
-        if pattern.match(name):
-            return gpu
-    return None
-
-
-def retired_series(sku_name: str) -> str | None:
-    """The retired series a size belongs to (`Standard_NC6_Promo` → "NC"), or None."""
-    name = _PROMO.sub("", sku_name)
-    for pattern, series in _RETIRED:
-        if pattern.match(name):
-            return series
-    return None
-
-
-def _decimal(value: Any) -> Decimal:
-    """A wire number or numeric string as Decimal (floats via their shortest repr).
-
-    Raises:
-        ValueError: not a finite number.
-    """
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"not a number: {value!r}")
-    try:
-        d = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value).strip())
-    except InvalidOperation as exc:
-        raise ValueError(f"not a number: {value!r}") from exc
-    if not d.is_finite():
-        raise ValueError(f"not a finite number: {value!r}")
-    return d
-
-
-# --------------------------------------------------------------------------- catalogue
-
-
-@dataclass(frozen=True, slots=True)
-class GpuSku:
-    """One GPU VM size in one location, as the resource SKU list reports it."""
-
-    name: str
-    family: str
-    #: GPUs per instance: the size table's fraction where it lists the size, else `GPUs`.
-    gpus: Decimal
-    vcpus: Decimal | None
-    memory_gb: Decimal | None
-    rdma: bool
-    zones: tuple[str, ...]
-    restricted_zones: tuple[str, ...]
-    #: reasonCode of a Location restriction covering this location (None = not restricted).
-    location_restriction: str | None
-    #: the `GPUs` capability as the API wrote it; None when the entry has none.
-    api_gpus: str | None = None
-    #: the size table's entry (`broker.sizes`), when it lists the size.
-    table: sizes.Fraction | None = None
-
-
-@dataclass
-class SkuCatalogue:
-    """The GPU sizes of the subscription by location, from `resource_skus.list`."""
-
-    #: location → lower-cased size name → size.
-    gpu_skus: dict[str, dict[str, GpuSku]] = field(default_factory=dict)
-    #: every location with any virtual machine size (GPU or not).
-    locations: set[str] = field(default_factory=set)
-    entries: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    notes: list[str] = field(default_factory=list)
-
-    def note(self, text: str) -> None:
-        if len(self.notes) < MAX_NOTES:
-            self.notes.append(text)
-
-    def add_page(self, skus: Iterable[Any]) -> None:
-        # Load the size table here: a broken shipped table must fail the poll loudly, not
-        # turn every entry into a `bad_sku` below.
-        sizes.fractions_table()
-        for sku in skus:
-            self.entries += 1
-            try:
-                self._add(sku)
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                self.skipped["bad_sku"] += 1
-                name = sku.get("name") if isinstance(sku, dict) else None
-                self.note(f"resource sku {name}: unreadable ({exc})")
-
-    def _skip(self, reason: str, locations: set[str], note: str) -> None:
-        """Count a dropped GPU size once per location it is listed in."""
-        self.skipped[reason] += max(len(locations), 1)
-        self.note(note)
-
-    def _gpus_of(
-        self, name: str, caps: Mapping[str, str], locations: set[str]
-    ) -> tuple[Decimal, sizes.Fraction | None] | None:
-        """GPUs per instance of a GPU size and its size-table entry; None for a size that is
-        not a GPU size or is dropped (counted; see "GPU sizes" in the module docstring)."""
-        series = retired_series(name)
-        listed = sizes.fraction(NAME, name)
-        api = _decimal(caps["GPUs"]) if "GPUs" in caps else None
-        gpu_series = series_gpu(name) is not None
-        if listed is None and (api is None or api <= 0) and not gpu_series:
-            return None
-        if series is not None:
-            self._skip("retired", locations, f"resource sku {name}: {series} series is retired")
-            return None
-        if listed is not None:
-            return listed.fraction, listed
-        if api is None or api <= 0:
-            self._skip(
-                "no_gpu_count",
-                locations,
-                f"resource sku {name}: GPU series without a GPUs capability, not in the size "
-                "table (broker/data/fractions.csv)",
-            )
-            return None
-        return api, None
-
-    def _add(self, sku: Mapping[str, Any]) -> None:
-        if sku.get("resourceType") != "virtualMachines":
-            return
-        name = str(sku["name"])
-        infos = [i for i in sku.get("locationInfo") or () if i.get("location")]
-        locations = {str(i["location"]).lower() for i in infos}
-        locations |= {str(loc).lower() for loc in sku.get("locations") or ()}
-        self.locations |= locations
-        caps = {str(c.get("name")): str(c.get("value")) for c in sku.get("capabilities") or ()}
-        found = self._gpus_of(name, caps, locations)
-        if found is None:
-            return
-        gpu_count, listed = found
-        vcpus = _decimal(caps["vCPUs"]) if "vCPUs" in caps else None
-        memory = _decimal(caps["MemoryGB"]) if "MemoryGB" in caps else None
-        zones_of = {str(i["location"]).lower(): tuple(i.get("zones") or ()) for i in infos}
-        for location in locations:
-            zones = zones_of.get(location, ())
-            restricted, blocked = _restrictions(sku, location)
-            self.gpu_skus.setdefault(location, {}).setdefault(
-                name.lower(),
-                GpuSku(
-                    name=name,
-                    family=str(sku.get("family") or ""),
-                    gpus=gpu_count,
-                    vcpus=vcpus,
-                    memory_gb=memory,
-                    rdma=caps.get("RdmaEnabled", "").lower() == "true",
-                    zones=tuple(sorted(str(z) for z in zones if str(z) not in restricted)),
-                    restricted_zones=tuple(sorted(restricted)),
-                    location_restriction=blocked,
-                    api_gpus=caps.get("GPUs"),
-                    table=listed,
-                ),
-            )
-
-
-def _restrictions(sku: Mapping[str, Any], location: str) -> tuple[set[str], str | None]:
-    """The zones a `Zone` restriction removes in `location`, and the reasonCode of a
-    `Location` restriction covering it (None = not restricted)."""
-    restricted: set[str] = set()
-    blocked: str | None = None
-    for r in sku.get("restrictions") or ():
-        info = r.get("restrictionInfo") or {}
-        where = {str(v).lower() for v in r.get("values") or ()}
-        where |= {str(v).lower() for v in info.get("locations") or ()}
-        if location not in where:
-            continue
-        if r.get("type") == "Location":
-            blocked = str(r.get("reasonCode") or "restricted")
-        elif r.get("type") == "Zone":
-            restricted |= {str(z) for z in info.get("zones") or ()}
-    return restricted, blocked
 
 
 # --------------------------------------------------------------------------- prices
@@ -473,9 +256,9 @@ def classify(item: Mapping[str, Any]) -> PriceRow | str | None:
     if str(item.get("currencyCode") or "USD") != "USD":
         return "bad_currency"
     try:
-        if _decimal(item.get("tierMinimumUnits") or 0) > 0:
+        if wire_decimal(item.get("tierMinimumUnits") or 0) > 0:
             return None
-        retail = _decimal(item.get("retailPrice"))
+        retail = wire_decimal(item.get("retailPrice"))
     except ValueError:
         return "bad_price_row"
     raw: dict[str, Any] = {
@@ -1036,38 +819,6 @@ def _skip(out: ScopeOffers, reason: str, note: str) -> None:
         out.notes.append(note)
 
 
-def _model_of(sku: GpuSku) -> gpus.GpuModel | None:
-    """The catalogue entry of a size: the size table's model when it lists the size (and the
-    catalogue knows it), else the model of the size's series; None when neither says."""
-    if sku.table is not None and sku.table.gpu_model in gpus.CATALOGUE:
-        return gpus.CATALOGUE[sku.table.gpu_model]
-    gpu = series_gpu(sku.name)
-    return gpus.normalise(gpu, provider=NAME, instance_type=sku.name) if gpu else None
-
-
-def _raw_of(sku: GpuSku) -> dict[str, Any]:
-    """The size's own fields kept in every offer's `raw`."""
-    base: dict[str, Any] = {
-        "sku": sku.name,
-        "family": sku.family,
-        "GPUs": sku.api_gpus,
-        "vCPUs": str(sku.vcpus) if sku.vcpus is not None else None,
-        "MemoryGB": str(sku.memory_gb) if sku.memory_gb is not None else None,
-        "zones": list(sku.zones),
-    }
-    if sku.table is not None:
-        memory = sku.table.memory_gb
-        base["size_table"] = {
-            "gpus": str(sku.table.fraction),
-            "memory_gb": str(memory) if memory is not None else None,
-        }
-    if sku.restricted_zones:
-        base["restricted_zones"] = list(sku.restricted_zones)
-    if sku.location_restriction:
-        base["restriction"] = sku.location_restriction
-    return base
-
-
 def _offers_of(
     location: str,
     sku: GpuSku,
@@ -1075,24 +826,18 @@ def _offers_of(
     where: regions.RegionInfo | None,
     out: ScopeOffers,
 ) -> None:
-    model = _model_of(sku)
-    if model is None:
-        _skip(
-            out,
-            "unknown_gpu",
-            f"azure {location} {sku.name} ({sku.family}): GPU not in the catalogue",
-        )
-        return
     keys = book.offers_of(sku.name.lower())
     if not keys:
         _skip(out, "no_price", f"azure {location} {sku.name}: no Linux price row")
         return
+    accel = accelerator_of(sku)
+    if accel.model is None and len(out.notes) < MAX_NOTES:
+        out.notes.append(
+            f"azure {location} {sku.name} ({sku.family}): GPU {accel.name!r} not in the GPU "
+            "catalogue, offers kept without gpu_model"
+        )
     availability = Availability.UNAVAILABLE if sku.location_restriction else Availability.UNKNOWN
-    base = _raw_of(sku)
-    if sku.table is not None and sku.table.memory_gb is not None:
-        gpu_memory: Decimal | None = sku.table.memory_gb
-    else:
-        gpu_memory = Decimal(model.memory_gb) if model.memory_gb is not None else None
+    base = raw_of(sku)
     for key in keys:
         _, market, offering_id = key
         try:
@@ -1115,9 +860,9 @@ def _offers_of(
                 region=location,
                 instance_type=sku.name,
                 market=market,
-                **model_fields(model),
+                **model_fields(accel.model, accel.name),
                 gpu_count=to_count(sku.gpus),
-                gpu_memory_gb=gpu_memory,
+                gpu_memory_gb=accel.memory_gb,
                 vcpus=sku.vcpus,
                 memory_gb=sku.memory_gb,
                 interconnect="InfiniBand" if sku.rdma else None,
@@ -1158,8 +903,8 @@ def quotas(location: str, usages: Iterable[Any], skus: Iterable[GpuSku]) -> list
         else:
             continue
         try:
-            limit = _decimal(usage.limit)
-            used = _decimal(usage.current_value) if usage.current_value is not None else None
+            limit = wire_decimal(usage.limit)
+            used = wire_decimal(usage.current_value) if usage.current_value is not None else None
         except ValueError:
             continue
         for market in markets:

@@ -45,7 +45,9 @@ with exponential backoff. SDK and transport errors are mapped onto the `Provider
 ## Offers
 - **Machine types with built-in GPUs** (a2-*, a3-*, a4-*, g2-*, g4-*): one offer per zone,
   machine type and market. `gpu_model` from `broker.gpus.normalise(guestAcceleratorType)`
-  (G4's nvidia-rtx-pro-6000 is the RTX PRO 6000 Server Edition, `RTXPRO6000S`),
+  (G4's nvidia-rtx-pro-6000 is the RTX PRO 6000 Server Edition, `RTXPRO6000S`; an
+  accelerator type the catalogue does not know keeps its offers with `gpu_model` None and
+  `gpu_name_raw` = the type name, see `providers._gcp_offers`),
   `gpu_count` = `guestAcceleratorCount`, `vcpus` = `guestCpus`, `memory_gb` = `memoryMb / 1024`
   (GCP's "MB" here are MiB: a3-highgpu-8g has 1916928 = 1872 GiB).
 - **N1-attachable GPUs** (T4, V100, P100, P4, K80; GCP docs "GPUs on N1"): GCP sells these as

@@ -369,6 +369,8 @@ PRICES: dict[str, tuple[str, int]] = {
     "t4_us": ("0", 350000000),
     "t4_us_spot": ("0", 140000000),
     "t4_nl": ("0", 410000000),
+    "t4_vws_us": ("0", 550000000),
+    "t4_vws_us_spot": ("0", 340000000),
 }
 
 US = "us-central1"
@@ -406,6 +408,7 @@ ACCELERATOR_DESCRIPTIONS = {
     "nvidia-rtx-pro-6000": ("NVIDIA RTX PRO 6000", 8),
     "nvidia-b200": ("NVIDIA B200", 8),
     "nvidia-tesla-t4": ("NVIDIA T4", 4),
+    "nvidia-tesla-t4-vws": ("NVIDIA T4 Virtual Workstation", 4),
     "nvidia-tesla-v100": ("NVIDIA V100", 8),
 }
 
@@ -537,6 +540,21 @@ SAMPLE_SKUS = """
     A3 Instance Core running on Sole Tenancy in Americas
 0A1B-PDST-0001 PDStandard OnDemand americas lssd_us
     Storage PD Capacity
+"""
+
+
+#: A T4 with an NVIDIA RTX Virtual Workstation licence: accelerator type `nvidia-tesla-t4-vws`,
+#: attachable to N1 (cloud.google.com/compute/docs/gpus: "NVIDIA T4 (nvidia-tesla-t4)
+#: (nvidia-tesla-t4-vws)"), which `broker.gpus` does not know (the unrecognised path). Not in
+#: `sample_catalogue()`; tests add it. SKU wording as for the T4 (mapping.csv gce.compute.gpu.t4
+#: and .t4.spot) with the "Virtual Workstation" words GCP's pricing page gives the vWS GPUs,
+#: as `SKU_NAMES` below spells it; prices illustrative (the T4's plus a licence).
+T4_VWS = "nvidia-tesla-t4-vws"
+T4_VWS_SKUS = """
+0A1B-T4VW-0001 GPU OnDemand americas t4_vws_us
+    Nvidia Tesla T4 Virtual Workstation GPU running in Americas
+0A1B-T4VW-0002 GPU Preemptible americas t4_vws_us_spot
+    Nvidia Tesla T4 Virtual Workstation GPU attached to Spot Preemptible VMs running in Americas
 """
 
 

@@ -37,7 +37,7 @@ from broker.config import AwsSettings, Settings
 from broker.db import session_scope
 from broker.domain import Availability, Market, PollResult, Scope, to_price
 from broker.models import MarketEvent, StoredOffer
-from broker.offers import ingest_poll
+from broker.offers import ingest_poll, unrecognised_of
 from providers.aws import (
     Aws,
     map_error,
@@ -53,6 +53,7 @@ from tests.fakes.aws_fixtures import (
     G6F,
     INF2,
     P5,
+    P99Z,
     T0,
     TRN1,
     UNKNOWN_GPU_NAME,
@@ -190,10 +191,10 @@ def test_offers_from_the_documented_answers(fake: AwsFake, core: botocore.sessio
     assert b300.price_per_gpu_hour == to_price(Decimal(US_PRICES["p6-b300.48xlarge"]) / 8)
 
     # A device no catalogue knows (the fixture's fictional type, offered and priced in
-    # us-east-1a): skipped and said, never guessed.
-    assert not any(UNKNOWN_GPU_TYPE in k for k in offers)
-    assert result.skipped["unknown_gpu"] == 1
-    assert any(UNKNOWN_GPU_TYPE in n and f"'{UNKNOWN_GPU_NAME}'" in n for n in result.notes)
+    # us-east-1a): kept without a model, never guessed, never skipped (see
+    # test_unknown_gpu_and_unknown_region_are_kept_without_model_or_location).
+    assert offers[f"aws/us-east-1/us-east-1a/{UNKNOWN_GPU_TYPE}/on_demand"].gpu_model is None
+    assert result.skipped.get("unknown_gpu", 0) == 0
 
 
 def test_spot_prices_are_the_newest_linux_record_per_zone(
@@ -205,6 +206,7 @@ def test_spot_prices_are_the_newest_linux_record_per_zone(
         "aws/eu-west-1/eu-west-1c/p5.48xlarge/spot",
         "aws/us-east-1/us-east-1a/g5.xlarge/spot",
         "aws/us-east-1/us-east-1a/p5.48xlarge/spot",
+        f"aws/us-east-1/us-east-1a/{UNKNOWN_GPU_TYPE}/spot",
         "aws/us-east-1/us-east-1b/p5.48xlarge/spot",
     ]
     a = spot["aws/us-east-1/us-east-1a/p5.48xlarge/spot"]
@@ -285,8 +287,8 @@ def test_quotas_of_the_accelerated_families(fake: AwsFake, core: botocore.sessio
     ]
     p = quotas[("us-east-1", "L-417A185B")]
     assert (p.unit, p.limit, p.market, p.usage) == ("vcpus", Decimal(384), Market.ON_DEMAND, None)
-    # The fictional p99z (unknown GPU, skipped) is not among the polled types.
-    assert p.instance_types == frozenset({"p5.48xlarge", "p6-b300.48xlarge"})
+    # The fictional p99z (unknown GPU, kept) is a P type like the others.
+    assert p.instance_types == frozenset({"p5.48xlarge", "p6-b300.48xlarge", UNKNOWN_GPU_TYPE})
     assert p.description == "Running On-Demand P instances"
     g = quotas[("us-east-1", "L-DB2E81BA")]
     assert g.instance_types == frozenset({"g5.xlarge", "g6f.large"})
@@ -328,7 +330,8 @@ def test_requests_are_the_documented_ones(fake: AwsFake, core: botocore.session.
     assert filters["capacitystatus"] == ("TERM_MATCH", "Used")
     assert filters["instanceType"] == (
         "ANY_OF",
-        "dl2q.24xlarge,g5.xlarge,g6f.large,inf2.xlarge,p5.48xlarge,p6-b300.48xlarge,trn1.32xlarge",
+        "dl2q.24xlarge,g5.xlarge,g6f.large,inf2.xlarge,p5.48xlarge,p6-b300.48xlarge,"
+        f"{UNKNOWN_GPU_TYPE},trn1.32xlarge",
     )
     assert prices.params["ServiceCode"] == "AmazonEC2"
 
@@ -368,6 +371,53 @@ def test_region_missing_from_the_table_keeps_offers_without_location(
     assert any("xx-test-1" in n and "regions.csv" in n for n in result.notes)
 
 
+def test_unknown_gpu_and_unknown_region_are_kept_without_model_or_location(
+    fake: AwsFake, core: botocore.session.Session
+) -> None:
+    # The fictional p99z (a device no catalogue knows) beside p5, in us-east-1 and in a
+    # region the table lacks.
+    fake.instance_types["xx-test-1"] = [P5, P99Z]
+    fake.offerings["xx-test-1"] = [
+        {"InstanceType": "p5.48xlarge", "Location": "xx-test-1a"},
+        {"InstanceType": UNKNOWN_GPU_TYPE, "Location": "xx-test-1a"},
+    ]
+    fake.price_items += [
+        price_item("p5.48xlarge", "xx-test-1", "50.0000000000"),
+        price_item(UNKNOWN_GPU_TYPE, "xx-test-1", "44.0000000000"),
+    ]
+    fake.spot["xx-test-1"] = []
+    result = adapter(fake, core, regions=["us-east-1", "xx-test-1"], capacity_blocks=False).fetch()
+    assert list(result.scope_errors) == []
+    offers = by_key(result)
+
+    # Priced like any type: the Price List's on-demand price and the spot history's price.
+    for key, usd in (
+        (f"aws/us-east-1/us-east-1a/{UNKNOWN_GPU_TYPE}/on_demand", US_PRICES[UNKNOWN_GPU_TYPE]),
+        (f"aws/us-east-1/us-east-1a/{UNKNOWN_GPU_TYPE}/spot", "16.000000"),
+        (f"aws/xx-test-1/xx-test-1a/{UNKNOWN_GPU_TYPE}/on_demand", "44.0000000000"),
+    ):
+        offer = offers[key]
+        assert (offer.gpu_model, offer.gpu_name_raw) == (None, UNKNOWN_GPU_NAME)
+        assert (offer.gpu_family, offer.gpu_vendor, offer.form_factor) == (None, None, None)
+        assert offer.accelerator_kind is None
+        assert (offer.gpu_count, offer.gpu_memory_gb) == (Decimal(4), Decimal(64))  # 65536 MiB
+        assert (offer.vcpus, offer.interconnect) == (Decimal(96), "EFA")
+        assert offer.price_per_hour == Decimal(usd)
+        assert offer.price_per_gpu_hour == to_price(Decimal(usd) / 4)
+    unknown = offers[f"aws/us-east-1/us-east-1a/{UNKNOWN_GPU_TYPE}/on_demand"]
+    assert (unknown.country, unknown.jurisdiction) == ("US", "US")
+    nowhere = offers["aws/xx-test-1/xx-test-1a/p5.48xlarge/on_demand"]
+    assert nowhere.gpu_model == "H100-SXM"
+    assert (nowhere.country, nowhere.jurisdiction, nowhere.continent) == (None, None, None)
+    assert offers[f"aws/xx-test-1/xx-test-1a/{UNKNOWN_GPU_TYPE}/on_demand"].country is None
+
+    assert result.skipped.get("unknown_gpu", 0) == 0
+    assert any(UNKNOWN_GPU_TYPE in n and f"'{UNKNOWN_GPU_NAME}'" in n for n in result.notes)
+    assert unrecognised_of(result.offers) == {
+        "aws": {"regions": {"xx-test-1": 2}, "gpu_names": {UNKNOWN_GPU_NAME: 3}}
+    }
+
+
 def test_capacity_blocks_can_be_turned_off(fake: AwsFake, core: botocore.session.Session) -> None:
     result = adapter(fake, core, capacity_blocks=False).fetch()
     assert {s.market for s in result.scopes_ok} == {Market.ON_DEMAND, Market.SPOT}
@@ -386,6 +436,7 @@ def test_capacity_blocks_can_be_turned_off(fake: AwsFake, core: botocore.session
 )
 def test_instance_type_mapping(info: dict[str, Any], model: str, count: Decimal) -> None:
     spec = parse_instance_type(info)
+    assert spec.model is not None
     assert (spec.model.name, spec.count) == (model, count)
 
 
@@ -656,8 +707,9 @@ def test_one_region_failing_while_others_work(
     assert {e.scope: e.code for e in result.scope_errors} == failed
     assert set(result.scopes_ok) == ALL_SCOPES - set(failed)
     assert {o.region for o in result.offers} == {"us-east-1"}
-    # p5 in 3 AZs, g5 in 5, g6f and inf2 in 2, trn1, dl2q and p6-b300 in 1.
-    assert len([o for o in result.offers if o.market == Market.ON_DEMAND]) == 15
+    # p5 in 3 AZs, g5 in 5, g6f and inf2 in 2, trn1, dl2q, p6-b300 and the fictional p99z
+    # in 1.
+    assert len([o for o in result.offers if o.market == Market.ON_DEMAND]) == 16
 
 
 def test_price_list_down_fails_only_the_on_demand_scopes(
@@ -860,7 +912,7 @@ def test_failed_region_keeps_its_offers_then_recovers(
     first = aws.fetch()
     assert ingest(engine, first) == {"offer_appeared": len(first.offers)}
     everything = active_keys(engine)
-    assert len(everything) == len(first.offers) == 26
+    assert len(everything) == len(first.offers) == 28
 
     # Poll 2: eu-west-1 is down and the Price List API too: nothing of theirs is withdrawn.
     clock.tick()

@@ -27,7 +27,8 @@ from broker.config import AzureSettings, Settings
 from broker.db import session_scope
 from broker.domain import Availability, Market, Offer, PollResult, Scope
 from broker.models import MarketEvent, StoredOffer
-from broker.offers import ingest_poll
+from broker.offers import ingest_poll, unrecognised_of
+from providers._azure_sizes import GpuSku, accelerator_of
 from providers.azure import Azure, PriceRow, classify, retired_series, series_gpu
 from providers.base import ProviderDisabled, get_provider_class
 from tests.fakes.azure_fake import (
@@ -318,22 +319,18 @@ def test_a_gpu_series_size_without_any_gpu_count_is_counted(azure: AzureFake) ->
     assert not any("Standard_ND8isr_H100_v5" in k for k in by_key(result))
 
 
-def test_unknown_gpu_series_and_unpriced_sizes_are_counted_not_guessed(
-    azure: AzureFake,
-) -> None:
-    # A GPU size of a series neither the series table nor the size table knows (a made-up
-    # name: Azure's next series), listed and priced.
-    unknown = "Standard_NX8ads_Z9_v1"
-    azure.catalogue.skus.append(
-        vm_sku(unknown, US, family="standardNXZ9v1Family", gpus="1", vcpus=8, memory_gb="64")
-    )
-    azure.catalogue.prices[US].append(price(unknown, US, 1.0))
+#: FICTIONAL ON PURPOSE: a GPU size of a series neither the series table nor the size table
+#: knows (Azure's next series, say). Made up so that no table will ever list it; never replace
+#: it with a real size, or the tests below stop testing the unrecognised path.
+UNKNOWN_SIZE = "Standard_NX8ads_Z9_v1"
+UNKNOWN_FAMILY = "standardNXZ9v1Family"
+
+
+def test_unpriced_sizes_are_counted_and_plain_sizes_ignored(azure: AzureFake) -> None:
     result = make(azure).fetch()
     offers = by_key(result)
-    assert not any(unknown in k for k in offers)
     assert not any(NC_T4 in k for k in offers)  # listed, but no Linux price row in eastus
-    assert result.skipped == {"unknown_gpu": 1, "no_price": 1, "retired": 1}
-    assert any(unknown in n and "not in the catalogue" in n for n in result.notes)
+    assert result.skipped == {"no_price": 1, "retired": 1}
     assert any(NC_T4 in n and "no Linux price" in n for n in result.notes)
     # Plain sizes (D4s_v5) and disks never become offers.
     assert all(o.instance_type.startswith("Standard_N") for o in result.offers)
@@ -345,6 +342,94 @@ def test_unknown_gpu_series_and_unpriced_sizes_are_counted_not_guessed(
         NV_A10_WHOLE,
         ND_GB200,
     }
+
+
+def test_unknown_gpu_and_unknown_location_are_kept_without_model_or_location(
+    azure: AzureFake,
+) -> None:
+    new = "eastus9"  # a location the region table does not know
+    for location, usd_per_hour in ((US, 1.25), (new, 1.5)):
+        azure.catalogue.skus.append(
+            vm_sku(UNKNOWN_SIZE, location, family=UNKNOWN_FAMILY, gpus="1", vcpus=8, memory_gb="64")
+        )
+        azure.catalogue.prices.setdefault(location, []).append(
+            price(UNKNOWN_SIZE, location, usd_per_hour)
+        )
+    # The same unknown size listed but never priced: no offer (counted as no_price).
+    azure.catalogue.skus.append(
+        vm_sku(UNKNOWN_SIZE, NL, family=UNKNOWN_FAMILY, gpus="1", vcpus=8, memory_gb="64")
+    )
+    azure.catalogue.skus.append(
+        vm_sku(
+            NC_A100, new, family="StandardNCADSA100v4Family", gpus="1", vcpus=24, memory_gb="220"
+        )
+    )
+    azure.catalogue.prices[new].append(price(NC_A100, new, 3.5))
+    azure.catalogue.usages[new] = [usage("cores", 0, 10, "Total Regional vCPUs")]
+    azure.add_location(new)
+    result = make(azure).fetch()
+    assert result.scope_errors == []
+    offers = by_key(result)
+
+    for location, usd in ((US, "1.25"), (new, "1.5")):
+        offer = offers[key(location, UNKNOWN_SIZE, "on_demand")]
+        assert (offer.gpu_model, offer.gpu_name_raw) == (None, UNKNOWN_FAMILY)
+        assert (offer.gpu_family, offer.gpu_vendor, offer.accelerator_kind) == (None, None, None)
+        assert (offer.gpu_count, offer.gpu_memory_gb) == (D(1), None)
+        assert (offer.vcpus, offer.memory_gb) == (D(8), D(64))
+        assert offer.price_per_hour == Decimal(usd)
+    assert offers[key(US, UNKNOWN_SIZE, "on_demand")].country == "US"
+    a100 = offers[key(new, NC_A100, "on_demand")]
+    assert (a100.gpu_model, a100.price_per_hour) == ("A100-80GB", Decimal("3.5"))
+    assert (a100.country, a100.jurisdiction, a100.continent) == (None, None, None)
+    assert offers[key(new, UNKNOWN_SIZE, "on_demand")].country is None
+    assert not any(UNKNOWN_SIZE in k for k in offers if f"/{NL}/" in k)
+
+    assert "unknown_gpu" not in result.skipped
+    assert result.skipped["no_price"] == 2  # NC T4 in eastus, the unknown size in westeurope
+    assert any(UNKNOWN_SIZE in n and "not in the GPU catalogue" in n for n in result.notes)
+    assert any(new in n and "regions.csv" in n for n in result.notes)
+    assert unrecognised_of(result.offers) == {
+        "azure": {"regions": {new: 2}, "gpu_names": {UNKNOWN_FAMILY: 2}}
+    }
+
+
+@pytest.mark.parametrize(
+    ("table_model", "size", "raw_name"),
+    [
+        # The size table names a model the catalogue lacks (made up): that name is kept.
+        ("MI999X", "Standard_ND96isr_MI300X_v5", "MI999X"),
+        # The series names a GPU the catalogue cannot map: the series' GPU name is kept.
+        (None, "Standard_NV8as_v4", "MI25"),
+        # No series, no table: Azure's family of the size.
+        (None, UNKNOWN_SIZE, UNKNOWN_FAMILY),
+    ],
+)
+def test_the_name_kept_for_an_unrecognised_gpu(
+    monkeypatch: pytest.MonkeyPatch, table_model: str | None, size: str, raw_name: str
+) -> None:
+    # As if the catalogue could map none of these names (a table model it lacks falls back to
+    # the series' GPU, which must not be mapped either to reach the table's name).
+    monkeypatch.setattr(gpus, "normalise", lambda *args, **kwargs: None)
+    table = (
+        sizes.Fraction("azure", size, table_model, Decimal(8), None, "a test row")
+        if table_model
+        else None
+    )
+    sku = GpuSku(
+        name=size,
+        family=UNKNOWN_FAMILY if size == UNKNOWN_SIZE else "someFamily",
+        gpus=Decimal(8),
+        vcpus=None,
+        memory_gb=None,
+        rdma=False,
+        zones=(),
+        restricted_zones=(),
+        location_restriction=None,
+        table=table,
+    )
+    accel = accelerator_of(sku)
+    assert (accel.model, accel.name, accel.memory_gb) == (None, raw_name, None)
 
 
 def test_vcpu_quotas_per_family_and_region(azure: AzureFake) -> None:

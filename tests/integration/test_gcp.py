@@ -26,18 +26,23 @@ from broker.config import GcpSettings, Settings
 from broker.db import session_scope
 from broker.domain import Availability, Market, Offer, PollResult, Scope
 from broker.models import MarketEvent, StoredOffer
-from broker.offers import ingest_poll
+from broker.offers import ingest_poll, unrecognised_of
 from providers.base import ProviderDisabled, get_provider_class
 from providers.gcp import Gcp
 from tests.fakes.gcp_fake import (
+    ACCELERATOR_DESCRIPTIONS,
     EMPTY,
     NL,
     PRICES,
+    T4_VWS,
+    T4_VWS_SKUS,
     US,
     GcpFake,
+    accelerator_type,
     google_error,
     region,
     sample_catalogue,
+    sample_skus,
     sku,
 )
 from tests.fakes.http import FakeHttpServer, FakeRequest, FakeResponse, closed_port
@@ -385,7 +390,7 @@ def test_every_page_is_read_and_the_filter_is_sent(gcp: GcpFake, fake_http: Fake
     assert set(by_key(unfiltered)) == set(by_key(result))
 
 
-def test_unknown_gpu_ambiguous_price_unknown_region_and_down_region(gcp: GcpFake) -> None:
+def test_ambiguous_price_unknown_region_and_down_region(gcp: GcpFake) -> None:
     cat = gcp.catalogue
     # A second, different on-demand H100 price for the Americas: ambiguous, no guess.
     cat.skus.append(
@@ -434,6 +439,62 @@ def test_unknown_gpu_ambiguous_price_unknown_region_and_down_region(gcp: GcpFake
     assert any("us-future9" in n and "regions.csv" in n for n in result.notes)
     down = offers["gcp/europe-west4/europe-west4-a/a3-highgpu-8g/on_demand"]
     assert down.availability == Availability.UNAVAILABLE
+
+
+def test_unknown_gpu_and_unknown_region_are_kept_without_model_or_location(gcp: GcpFake) -> None:
+    cat = gcp.catalogue
+    vws = accelerator_type(PROJECT, f"{US}-b", T4_VWS, *ACCELERATOR_DESCRIPTIONS[T4_VWS])
+    # nvidia-tesla-t4-vws, which the GPU catalogue does not know, beside the T4 in us-central1-b.
+    cat.accelerator_types[f"{US}-b"].append(vws)
+    cat.skus += sample_skus(T4_VWS_SKUS)
+    cat.regions[US]["quotas"].append({"metric": "NVIDIA_T4_VWS_GPUS", "limit": 2.0, "usage": 0.0})
+    # A region the region table does not know, selling both T4s (on demand only).
+    cat.zones.append("us-future9-a")
+    cat.accelerator_types["us-future9-a"] = [
+        accelerator_type(PROJECT, "us-future9-a", n, *ACCELERATOR_DESCRIPTIONS[n])
+        for n in ("nvidia-tesla-t4", T4_VWS)
+    ]
+    cat.regions["us-future9"] = region(PROJECT, "us-future9", ["us-future9-a"])
+    gcp.add_region_route("us-future9")
+    for sku_id, words, nanos in (
+        ("0A1B-T4GP-0099", "", 360000000),
+        ("0A1B-T4VW-0099", " Virtual Workstation", 560000000),
+    ):
+        cat.skus.append(
+            sku(sku_id, f"Nvidia Tesla T4{words} GPU running in Future", "GPU", "OnDemand",
+                ["us-future9"], "0", nanos)
+        )  # fmt: skip
+
+    result = make(gcp).fetch()
+    assert result.scope_errors == []
+    offers = by_key(result)
+    # Priced from its own SKUs, per GPU, as any attachable GPU is.
+    for key, price in (
+        (f"gcp/{US}/{US}-b/{T4_VWS}/on_demand", usd("t4_vws_us")),
+        (f"gcp/{US}/{US}-b/{T4_VWS}/spot", usd("t4_vws_us_spot")),
+        (f"gcp/us-future9/us-future9-a/{T4_VWS}/on_demand", Decimal("0.56")),
+    ):
+        offer = offers[key]
+        assert (offer.gpu_model, offer.gpu_name_raw) == (None, T4_VWS)
+        assert (offer.gpu_family, offer.gpu_vendor, offer.accelerator_kind) == (None, None, None)
+        assert (offer.gpu_count, offer.gpu_memory_gb) == (Decimal(1), None)
+        assert offer.price_per_hour == price
+        assert offer.raw["pricing"] == "gpu_only"
+    assert offers[f"gcp/{US}/{US}-b/{T4_VWS}/on_demand"].country == "US"
+    t4 = offers["gcp/us-future9/us-future9-a/nvidia-tesla-t4/on_demand"]
+    assert (t4.gpu_model, t4.price_per_hour) == ("T4", Decimal("0.36"))
+    assert (t4.country, t4.jurisdiction, t4.continent) == (None, None, None)
+    assert offers[f"gcp/us-future9/us-future9-a/{T4_VWS}/on_demand"].country is None
+
+    assert "unknown_gpu" not in result.skipped
+    assert any(T4_VWS in n and "not in the GPU catalogue" in n for n in result.notes)
+    assert unrecognised_of(result.offers) == {
+        "gcp": {"regions": {"us-future9": 2}, "gpu_names": {T4_VWS: 3}}
+    }
+    # The vWS quota names the kept type.
+    quotas = {(q.region, q.name): q for q in result.quotas}
+    vws_quota = quotas[(US, "NVIDIA_T4_VWS_GPUS")]
+    assert vws_quota.instance_types == frozenset({T4_VWS})
 
 
 def test_regions_setting_limits_scopes_and_skips_regions_without_gpus(

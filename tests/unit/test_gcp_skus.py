@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from broker import gpus
 from broker.config import GcpSettings
 from broker.domain import Availability, Market
 from providers._gcp_offers import MachineType, OfferBuilder, quota_accelerator
@@ -196,7 +197,8 @@ def _builder(book: PriceBook, sold: frozenset[Market] | None) -> OfferBuilder:
     )
 
 
-def test_an_offer_in_a_market_not_sold_is_not_emitted_and_is_counted() -> None:
+def _a3_book() -> PriceBook:
+    """H100 GPU and A3 core/RAM SKUs in Tokyo, on demand and spot."""
     book = PriceBook()
     book.add_page(
         [
@@ -211,6 +213,11 @@ def test_an_offer_in_a_market_not_sold_is_not_emitted_and_is_counted() -> None:
             for kind in ("Core", "Ram")
         ]
     )  # fmt: skip
+    return book
+
+
+def test_an_offer_in_a_market_not_sold_is_not_emitted_and_is_counted() -> None:
+    book = _a3_book()
     machine = MachineType("a3-highgpu-1g", 26, 239616, (("nvidia-h100-80gb", 1),), "")
 
     only_spot = _builder(book, frozenset({SPOT}))
@@ -269,3 +276,29 @@ def test_quota_metric_names_map_onto_accelerator_types() -> None:
     # The 40 GB quota never lands on the 80 GB type, even when it is the only A100 left.
     assert quota_accelerator("NVIDIA_A100", ["nvidia-a100-80gb"]) is None
     assert model_words("Nvidia H100 80GB Plus") == model_words("nvidia-h100-mega-80gb")
+
+
+def test_an_accelerator_the_catalogue_does_not_know_is_kept_and_priced_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SKUs pair with a machine type by the accelerator type's words, never by the catalogue's
+    model: the same machine, its accelerator unknown to the catalogue, costs the same."""
+    machine = MachineType("a3-highgpu-1g", 26, 239616, (("nvidia-h100-80gb", 1),), "")
+    known = _builder(_a3_book(), None)
+    known.zone(f"{TOKYO}-a", [], [machine])
+    monkeypatch.setattr(gpus, "normalise", lambda *args, **kwargs: None)
+    unknown = _builder(_a3_book(), None)
+    unknown.zone(f"{TOKYO}-a", [], [machine, machine])
+
+    assert [o.gpu_model for o in known.out.offers] == ["H100-SXM", "H100-SXM"]
+    assert len(unknown.out.offers) == 4  # the same machine twice: still one note
+    for before, after in zip(known.out.offers, unknown.out.offers, strict=False):
+        assert (after.gpu_model, after.gpu_name_raw) == (None, "nvidia-h100-80gb")
+        assert (after.gpu_family, after.gpu_memory_gb) == (None, None)
+        assert (after.market, after.price_per_hour) == (before.market, before.price_per_hour)
+        assert after.raw["skus"] == before.raw["skus"]
+        assert (after.vcpus, after.memory_gb) == (before.vcpus, before.memory_gb)
+    assert not unknown.out.skipped
+    assert unknown.out.notes == [
+        f"gcp {TOKYO}: nvidia-h100-80gb not in the GPU catalogue, offers kept without gpu_model"
+    ]
