@@ -307,6 +307,11 @@ class Settings(BaseSettings):
     #: once; over it the API answers 429 with Retry-After (`broker.api.ratelimit`).
     rate_limit_per_minute: int = Field(default=1200, ge=0)
     rate_limit_burst: int = Field(default=200, ge=1)
+    #: Request bodies larger than this are refused with 413 while they stream in, before
+    #: the API key is checked or anything is parsed (`broker.api.limits`): JSON bodies, and
+    #: CSV uploads (the reservation and usage imports, `.../import`).
+    max_json_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_csv_body_bytes: int = Field(default=5_000_000, ge=1024)
     #: How long an `Idempotency-Key` is remembered (its retries replay the first answer).
     idempotency_ttl_hours: float = Field(default=24.0, gt=0)
     #: `text` (human) or `json` (one object per line, for log shippers); secrets redacted.

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from broker.api import errors
 from broker.api.deps import get_principal
 from broker.api.errors import ErrorBody
+from broker.api.limits import BodyLimit
 from broker.api.ratelimit import RateLimiter
 from broker.api.routes import (
     events,
@@ -114,6 +115,11 @@ def create_app(
     app.state.rate_limiter = RateLimiter(settings)
     errors.install(app)
     app.add_middleware(RejectNul)
+    app.add_middleware(
+        BodyLimit,
+        json_bytes=settings.max_json_body_bytes,
+        csv_bytes=settings.max_csv_body_bytes,
+    )
     app.add_middleware(metrics.HttpMetrics)
     for router in PUBLIC_ROUTERS:
         app.include_router(router)
