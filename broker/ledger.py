@@ -237,7 +237,7 @@ class CommitmentIn(BaseModel):
     ends_at: AwareDatetime
     rate_per_gpu_hour: Rate
     upfront_fee_usd: Fee = Decimal(0)
-    currency: str = Field(default="USD", description="Only USD.")
+    currency: str = Field(default="USD", max_length=3, description="Only USD.")
     kind: ReservationKind
     counterparty: str | None = Field(default=None, max_length=256)
     notes: str | None = Field(default=None, max_length=2000)

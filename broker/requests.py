@@ -31,6 +31,7 @@ from broker import gpus, regions
 from broker.config import Settings
 from broker.db import keyset_page, session_scope
 from broker.domain import Availability, Clock, Market, utcnow
+from broker.inputs import MarketList, ModelList, PlaceList
 from broker.models import (
     CapacityRequest,
     MarketEvent,
@@ -119,13 +120,13 @@ def _check_places(items: list[str]) -> list[str]:
 class ResidencyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    allow: list[str] = Field(
+    allow: PlaceList = Field(
         default_factory=list,
         description="Jurisdictions (EU, US), countries (DE) or regions (eu-west-1, "
         "aws/eu-west-1) the capacity may be in; empty = anywhere not denied. An offer of "
         "unknown jurisdiction fails any allow-list.",
     )
-    deny: list[str] = Field(default_factory=list)
+    deny: PlaceList = Field(default_factory=list)
 
     _places = field_validator("allow", "deny")(_check_places)
 
@@ -152,9 +153,8 @@ class RequestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, max_length=256)
-    gpu_models: list[str] = Field(
+    gpu_models: ModelList = Field(
         min_length=1,
-        max_length=20,
         description='Canonical models or families, e.g. ["H100", "H200"], a memory size '
         '("H100 80GB") or MODEL:COUNT for at least COUNT per instance ("H100:8").',
     )
@@ -163,7 +163,7 @@ class RequestIn(BaseModel):
         default=None, gt=0, le=64, description="Node size of a gang (offers in one region)."
     )
     residency: ResidencyIn = Field(default_factory=ResidencyIn)
-    markets: list[Market] = Field(
+    markets: MarketList = Field(
         default_factory=lambda: [Market.ON_DEMAND, Market.CAPACITY_BLOCK], min_length=1
     )
     max_price_per_gpu_hour: Decimal | None = Field(default=None, ge=0, max_digits=12)
@@ -228,11 +228,11 @@ class RequestPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, max_length=256)
-    gpu_models: list[str] | None = None
+    gpu_models: ModelList | None = None
     gpus: int | None = None
     gpus_per_node: int | None = None
     residency: ResidencyIn | None = None
-    markets: list[Market] | None = None
+    markets: MarketList | None = None
     max_price_per_gpu_hour: Decimal | None = None
     not_before: AwareDatetime | None = None
     needed_by: AwareDatetime | None = None

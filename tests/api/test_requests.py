@@ -130,6 +130,10 @@ def test_roles_and_auth(client: TestClient, keys: Keys, engine: Engine) -> None:
         ({"weights": {"time_to_power": 0, "cost": 0}}, "weights", "cannot both be 0"),
         ({"surprise": 1}, "surprise", "Extra inputs"),
         ({"gpu_models": ["H100:0"]}, "gpu_models", "Bad GPU count"),
+        ({"residency": {"allow": ["EU"] * 101}}, "residency.allow", "at most 100"),
+        ({"residency": {"deny": ["x" * 129]}}, "residency.deny.0", "at most 128"),
+        ({"gpu_models": ["H100"] * 21}, "gpu_models", "at most 20"),
+        ({"markets": ["spot"] * 9}, "markets", "at most 8"),
     ],
 )
 def test_bad_input_is_422_naming_the_field_and_writes_nothing(
