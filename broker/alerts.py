@@ -26,9 +26,11 @@ rescoring), so the match-set changes and the `alert_deliveries` rows they cause 
 together or not at all. Each row has a unique `dedupe_key` (subscription + event range):
 processing a batch twice writes nothing twice. `deliver` sends one row: it claims it
 (`pending → sending`, committed), calls Slack, and records the outcome: `sent`; `pending`
-again with a backoff (429 with its Retry-After, 5xx, timeouts); `failed` after
-`max_attempts` or on a permanent rejection; a target Slack says is gone (404 `no_service`,
-`invalid_auth`, `channel_not_found`...) disables the subscription with the reason. A row
+again with a backoff (429 with its Retry-After, 5xx, timeouts, an answer cut off mid-body);
+`failed` after `max_attempts` or on a permanent rejection of the message; a target Slack
+says is gone or closed to us for good (404 `no_service`, 403
+`posting_to_general_channel_denied`, `invalid_auth`, `channel_not_found`,
+`restricted_action`...) disables the subscription with the reason. A row
 left `sending` past its claim (the worker died mid-call) becomes `unconfirmed` and is not
 resent: Slack may already have shown it, and an alert must never arrive twice.
 """
@@ -36,6 +38,7 @@ resent: Slack may already have shown it, and an alert must never arrive twice.
 from __future__ import annotations
 
 import functools
+import http.client
 import ipaddress
 import logging
 import math
@@ -57,7 +60,8 @@ from sqlmodel import Session, col
 from broker import gpus, regions
 from broker.config import Settings
 from broker.db import keyset_page, session_scope
-from broker.domain import Availability, Clock, Market, utcnow
+from broker.domain import Availability, Clock, utcnow
+from broker.inputs import MAX_SECRET, MarketList, ModelList, PlaceList
 from broker.models import (
     AlertDelivery,
     AlertMatch,
@@ -139,22 +143,21 @@ class OfferFilter(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    gpu_models: list[str] = Field(
+    gpu_models: ModelList = Field(
         default_factory=list,
-        max_length=20,
         description='Models or families, e.g. ["H100"], "H100 80GB", or MODEL:COUNT for at '
         'least COUNT per instance ("H100:8").',
     )
     min_gpus: int | None = Field(
         default=None, ge=1, le=64, description="At least this many GPUs per instance."
     )
-    jurisdictions: list[str] = Field(default_factory=list, description="EU, US, ...")
-    countries: list[str] = Field(default_factory=list, description="ISO 3166-1 alpha-2.")
-    regions: list[str] = Field(
+    jurisdictions: PlaceList = Field(default_factory=list, description="EU, US, ...")
+    countries: PlaceList = Field(default_factory=list, description="ISO 3166-1 alpha-2.")
+    regions: PlaceList = Field(
         default_factory=list, description="Region ids: eu-west-1 or aws/eu-west-1."
     )
-    markets: list[Market] = Field(default_factory=list)
-    providers: list[str] = Field(default_factory=list)
+    markets: MarketList = Field(default_factory=list)
+    providers: PlaceList = Field(default_factory=list)
     max_price_per_gpu_hour: Decimal | None = Field(default=None, ge=0, max_digits=12)
     exclude_anomalies: bool = Field(
         default=False, description="Stay silent on offers whose price a sanity rule flagged."
@@ -199,14 +202,18 @@ class SlackWebhookChannel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["slack_webhook"]
-    url: SecretStr = Field(description="An incoming-webhook URL. Write-only: shown masked.")
+    url: SecretStr = Field(
+        max_length=MAX_SECRET, description="An incoming-webhook URL. Write-only: shown masked."
+    )
 
 
 class SlackBotChannel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["slack_bot"]
-    token: SecretStr = Field(description="A bot token (xoxb-...). Write-only.")
+    token: SecretStr = Field(
+        max_length=MAX_SECRET, description="A bot token (xoxb-...). Write-only."
+    )
     channel: str = Field(min_length=1, max_length=128, description="#name or channel id.")
 
     @field_validator("token")
@@ -976,28 +983,59 @@ class SendResult:
     retry_after: float | None = None
 
 
-#: Slack errors meaning the webhook, token or channel is gone for good.
+#: Slack errors meaning the webhook, token or channel is gone or closed to us for good: every
+#: later message would fail the same way until someone changes something in Slack, so the
+#: subscription is disabled with the reason (re-enabled by `PATCH state=active`).
 GONE = frozenset(
     {
+        # Incoming webhooks: "Handling errors", https://api.slack.com/messaging/webhooks
+        # (docs.slack.dev/messaging/sending-messages-using-incoming-webhooks). A plain-text
+        # body: 400 `user_not_found`, 403 `action_prohibited` ("should not be attempted
+        # again"), 403 `posting_to_general_channel_denied` (posting to #general restricted and
+        # the webhook's creator not allowed there: "You'll receive this error with a HTTP
+        # 403"), 404 `channel_not_found`, 410 `channel_is_archived`; `invalid_token`,
+        # `no_service` (webhook disabled, removed or invalid), `no_service_id`, `no_team`,
+        # `team_disabled`. Statuses: https://api.slack.com/changelog/2016-05-17-changes-to-
+        # errors-for-incoming-webhooks.
+        "user_not_found",
+        "action_prohibited",
+        "posting_to_general_channel_denied",
+        "invalid_token",
+        "channel_not_found",
+        "channel_is_archived",
         "no_service",
         "no_service_id",
         "no_team",
         "team_disabled",
-        "invalid_token",
+        # chat.postMessage, HTTP 200 `{"ok": false, "error": ...}`, raised by slack_sdk as
+        # SlackApiError: https://docs.slack.dev/reference/methods/chat.postMessage#errors
+        # (and the errors common to every Web API method listed there).
         "invalid_auth",
         "not_authed",
         "account_inactive",
         "token_revoked",
         "token_expired",
-        "channel_not_found",
-        "channel_is_archived",
         "is_archived",
         "not_in_channel",
         "missing_scope",
-        "action_prohibited",
+        "no_permission",
+        "team_access_not_granted",
+        "not_allowed_token_type",
+        "access_denied",
+        "accesslimited",
+        "enterprise_is_restricted",
+        "two_factor_setup_required",
+        # "Administrators have suspended the ability to post a message."
+        "ekm_access_denied",
+        # "A workspace preference prevents the authenticated user from posting."
+        "restricted_action",
+        "restricted_action_read_only_channel",
+        "restricted_action_thread_only_channel",  # we post top-level messages only
     }
 )
-#: Slack errors worth another attempt.
+#: Slack errors worth another attempt (chat.postMessage's list, above: `ratelimited`,
+#: `internal_error`, `fatal_error`, `service_unavailable`, `request_timeout`; and a workspace
+#: in an Enterprise migration, "intermittently unavailable until the transition is complete").
 TRANSIENT = frozenset(
     {
         "ratelimited",
@@ -1006,8 +1044,15 @@ TRANSIENT = frozenset(
         "fatal_error",
         "service_unavailable",
         "request_timeout",
+        "team_added_to_org",
+        "org_login_required",
     }
 )
+#: Statuses Slack documents for a refusal of the target rather than of the message: an
+#: incoming webhook's 403 (`action_prohibited`, `posting_to_general_channel_denied`), 404 (no
+#: such channel or webhook), 410 (archived channel); sources above. Whatever the body says,
+#: the next message would be refused too.
+GONE_STATUS = frozenset({403, 404, 410})
 
 
 _SLACK_ERROR = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -1030,9 +1075,32 @@ def _classify(status: int, error: str, headers: Mapping[str, Any]) -> SendResult
         return SendResult("retry", f"rate limited ({status})", _retry_after(headers) or None)
     if status >= 500 or error in TRANSIENT:
         return SendResult("retry", f"Slack answered {status} {error}".strip())
-    if error in GONE or status in (404, 410):
+    if error in GONE or status in GONE_STATUS:
         return SendResult("gone", f"Slack answered {status} {error or ''}".strip())
     return SendResult("rejected", f"Slack answered {status} {error}".strip())
+
+
+#: The start of Slack's success answers: an incoming webhook's `200 ok` (text), and
+#: chat.postMessage's `{"ok": true, ...}`. Matched against the part of a cut-off answer
+#: that did arrive.
+_WEBHOOK_OK = re.compile(rb"ok?\Z")
+_API_OK = re.compile(rb'\s*\{\s*"ok"\s*:\s*true\b')
+
+
+def _cut_off(exc: http.client.HTTPException, accepted: re.Pattern[bytes], what: str) -> SendResult:
+    """An answer that broke off: `IncompleteRead` (fewer body bytes than its Content-Length,
+    the connection closed), or another broken HTTP answer (bad status line...). slack_sdk
+    lets these through untouched: urllib raises them from `read()` of the answer (or of
+    the HTTPError's body), outside the `URLError`/`OSError` family, and with no retry
+    handler configured `_perform_http_request` re-raises them (slack_sdk/webhook/client.py,
+    slack_sdk/web/base_client.py `_perform_urllib_http_request`). A transient send error:
+    retried with the usual backoff. Unless the part that did arrive already is Slack's
+    success answer: then Slack has the message, and sending it again would show it twice."""
+    partial = exc.partial if isinstance(exc, http.client.IncompleteRead) else b""
+    if partial and accepted.match(partial):
+        log.info("alerts.cut_off_after_accept %s: %s", what, type(exc).__name__)
+        return SendResult("sent")
+    return SendResult("retry", f"{what}: answer cut off ({type(exc).__name__})")
 
 
 def send_webhook(url: str, payload: Mapping[str, Any], settings: Settings) -> SendResult:
@@ -1049,6 +1117,10 @@ def send_webhook(url: str, payload: Mapping[str, Any], settings: Settings) -> Se
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return SendResult("retry", f"webhook unreachable: {type(reason).__name__}")
+    except http.client.HTTPException as exc:
+        return _cut_off(exc, _WEBHOOK_OK, "webhook")
+    # slack_sdk answers every HTTP status with a WebhookResponse (status_code, text body):
+    # 200 from `_perform_http_request_internal`, the others from its `except HTTPError`.
     body = (resp.body or "").strip()
     if resp.status_code == 200:
         return SendResult("sent")
@@ -1074,6 +1146,8 @@ def send_bot(
     try:
         client.chat_postMessage(channel=channel, text=payload["text"], blocks=payload.get("blocks"))
     except SlackApiError as exc:
+        # `SlackResponse.validate()` raises it for any answer but HTTP 200 with `"ok": true`
+        # (slack_sdk/web/slack_response.py): Slack's `{"ok": false, "error": ...}`.
         resp = exc.response
         error = str(resp.get("error", "")) if isinstance(resp.data, dict) else ""
         error = error if _SLACK_ERROR.fullmatch(error) else ""
@@ -1081,6 +1155,8 @@ def send_bot(
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return SendResult("retry", f"Slack API unreachable: {type(reason).__name__}")
+    except http.client.HTTPException as exc:
+        return _cut_off(exc, _API_OK, "Slack API")
     return SendResult("sent")
 
 

@@ -190,6 +190,98 @@ def test_webhook_404_disables_and_429_5xx_are_retried(
     assert fake_slack.messages == []
 
 
+@pytest.mark.parametrize(
+    ("channel", "refuse", "error", "reason"),
+    [
+        # Posting to #general is restricted and the webhook's creator may not post there:
+        # Slack's webhook answers 403 with this body (api.slack.com/messaging/webhooks).
+        (
+            "slack_webhook",
+            "webhook",
+            "posting_to_general_channel_denied",
+            "Slack answered 403 posting_to_general_channel_denied",
+        ),
+        # chat.postMessage answers HTTP 200 with `{"ok": false, "error": ...}`.
+        ("slack_bot", "#gpu-alerts", "restricted_action", "Slack answered 200 restricted_action"),
+        ("slack_bot", "token", "ekm_access_denied", "Slack answered 200 ekm_access_denied"),
+    ],
+)
+def test_a_permanent_refusal_disables_with_slacks_reason_until_reenabled(
+    client: TestClient,
+    keys: Keys,
+    fake_slack: FakeSlack,
+    channel: str,
+    refuse: str,
+    error: str,
+    reason: str,
+) -> None:
+    if channel == "slack_webhook":
+        url = fake_slack.webhook()
+        body = webhook_body(url)
+        target = url
+        requests = url.split(str(fake_slack.server.port), 1)[1]
+    else:
+        token = fake_slack.bot_token()
+        body = webhook_body(
+            "", channel={"type": "slack_bot", "token": token, "channel": "#gpu-alerts"}
+        )
+        target = token if refuse == "token" else refuse
+        requests = "/api/chat.postMessage"
+    sid = client.post("/v1/subscriptions", json=body, headers=bearer(keys.member)).json()["id"]
+    fake_slack.refuse(target, error)
+
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member)).json()
+    assert (r["state"], r["attempts"], r["last_error"]) == ("failed", 1, reason)
+    sub = client.get(f"/v1/subscriptions/{sid}", headers=bearer(keys.member)).json()
+    assert (sub["state"], sub["disabled_reason"]) == ("disabled", reason)
+    assert len(fake_slack.server.requests_to(requests)) == 1 and fake_slack.messages == []
+
+    # Fixed in Slack and re-enabled: delivered again.
+    fake_slack.restore(target)
+    r = client.patch(
+        f"/v1/subscriptions/{sid}", json={"state": "active"}, headers=bearer(keys.member)
+    )
+    assert (r.json()["state"], r.json()["disabled_reason"]) == ("active", None)
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member))
+    assert r.json()["state"] == "sent"
+    assert len(fake_slack.messages) == 1
+
+
+def test_an_answer_cut_off_mid_body_is_retried_with_backoff_and_sent_once(
+    engine: Engine,
+    client: TestClient,
+    keys: Keys,
+    fake_slack: FakeSlack,
+    clock: Clock,
+    settings: Settings,
+) -> None:
+    """slack_sdk lets `http.client.IncompleteRead` through (a 500 whose body breaks off):
+    a transient send error, not an exception out of the delivery."""
+    from broker import alerts
+
+    url = fake_slack.webhook()
+    path = url.split(str(fake_slack.server.port), 1)[1]
+    sid = client.post(
+        "/v1/subscriptions", json=webhook_body(url), headers=bearer(keys.member)
+    ).json()["id"]
+    fake_slack.server.fail("POST", path, text_response(500, "rollup_error", truncate=True))
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["state"], out["attempts"]) == ("pending", 1)
+    assert out["last_error"] == "webhook: answer cut off (IncompleteRead)"
+    assert out["next_attempt_at"].startswith(
+        (clock() + timedelta(seconds=settings.alerts.backoff_base_s)).strftime("%Y-%m-%dT%H:%M:%S")
+    )
+    assert alerts.deliver(engine, out["id"], settings, clock).state == "pending"  # not yet due
+    clock.advance(seconds=settings.alerts.backoff_base_s)
+    assert alerts.deliver(engine, out["id"], settings, clock).sent
+    assert alerts.deliver(engine, out["id"], settings, clock).state == "sent"
+    assert len(fake_slack.server.requests_to(path)) == 2
+    [msg] = fake_slack.to(url)
+    assert "eu h100" in msg.text
+
+
 def test_gives_up_after_max_attempts(
     engine: Engine,
     client: TestClient,
@@ -232,6 +324,8 @@ def test_gives_up_after_max_attempts(
         ({"channel": {"type": "slack_webhook", "url": "file:///etc/passwd"}}, "invalid_webhook"),
         ({"channel": {"type": "email", "to": "a@b"}}, "invalid_request"),
         ({"filter": {"gpu_models": ["H1000"]}}, "invalid_request"),
+        ({"filter": {"regions": ["eu-west-1"] * 101}}, "invalid_request"),
+        ({"filter": {"providers": ["p" * 129]}}, "invalid_request"),
         ({"filter": None, "request_id": None}, "invalid_request"),
         ({"price_drop_pct": 2}, "invalid_request"),
         ({"name": ""}, "invalid_request"),

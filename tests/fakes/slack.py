@@ -1,16 +1,26 @@
 """A local fake Slack speaking the wire format slack_sdk talks to.
 
 - Incoming webhooks: `POST /services/T.../B.../<secret>` with a JSON body; `200 ok` as
-  text, or Slack's documented errors as status + text body (`400 invalid_payload`,
-  `400 no_text`, `403 invalid_token`, `404 no_service`, `410 channel_is_archived`, 429 with
-  `Retry-After`, 500).
+  text, or Slack's documented errors as status + plain-text body: the "Handling errors"
+  table of https://api.slack.com/messaging/webhooks (docs.slack.dev/messaging/sending-
+  messages-using-incoming-webhooks) with the statuses of
+  https://api.slack.com/changelog/2016-05-17-changes-to-errors-for-incoming-webhooks
+  (`WEBHOOK_ERRORS`: `400 invalid_payload`, `400 no_text`, `403 action_prohibited`,
+  `403 posting_to_general_channel_denied` — "You'll receive this error with a HTTP 403" —,
+  `403 invalid_token`, `404 no_service`, `410 channel_is_archived`, `500 rollup_error`...),
+  429 with `Retry-After`.
 - Web API: `POST /api/chat.postMessage` with `Authorization: Bearer <token>`; HTTP 200 with
   `{"ok": true, "channel", "ts", "message"}` or `{"ok": false, "error": "invalid_auth" |
-  "channel_not_found" | ...}`, and 429 + `Retry-After` with `{"ok": false, "error":
-  "ratelimited"}`.
+  "channel_not_found" | ...}` (https://docs.slack.dev/reference/methods/chat.postMessage:
+  errors come as HTTP 200 with `ok: false`), and 429 + `Retry-After` with `{"ok": false,
+  "error": "ratelimited"}`.
 
-`messages` holds what Slack accepted (and would show), in order; `server.requests` every
-request, faults included. Faults are queued with `server.fail(...)` (see tests.fakes.http).
+`refuse(target, error)` makes a webhook or bot channel answer a documented error from then
+on (an admin restricted #general, the channel was archived...); `cut_off_answers` cuts off
+the answers to the next accepted messages mid-body (Slack has the message, the sender sees
+`IncompleteRead`). `messages` holds what Slack accepted (and would show), in order;
+`server.requests` every request, faults included. One-off faults are queued with
+`server.fail(...)` (see tests.fakes.http).
 """
 
 from __future__ import annotations
@@ -28,6 +38,22 @@ from tests.fakes.http import FakeHttpServer, FakeRequest, FakeResponse
 
 POST_MESSAGE = "/api/chat.postMessage"
 
+#: An incoming webhook's documented refusals: body -> HTTP status (sources in the module
+#: docstring; `no_team` 404 as in docs.slack.dev/tools/java-slack-sdk/guides/incoming-webhooks).
+WEBHOOK_ERRORS: dict[str, int] = {
+    "invalid_payload": 400,
+    "user_not_found": 400,
+    "no_text": 400,
+    "action_prohibited": 403,
+    "posting_to_general_channel_denied": 403,
+    "invalid_token": 403,
+    "channel_not_found": 404,
+    "no_service": 404,
+    "no_team": 404,
+    "channel_is_archived": 410,
+    "rollup_error": 500,
+}
+
 
 @dataclass
 class SlackMessage:
@@ -38,9 +64,15 @@ class SlackMessage:
     received_at: float = field(default_factory=time.time)
 
 
-def text_response(status: int, text: str, headers: dict[str, str] | None = None) -> FakeResponse:
+def text_response(
+    status: int, text: str, headers: dict[str, str] | None = None, *, truncate: bool = False
+) -> FakeResponse:
+    """A webhook answer; `truncate` cuts its body off halfway (`IncompleteRead`)."""
     return FakeResponse(
-        status, body=text.encode(), headers={"Content-Type": "text/html", **(headers or {})}
+        status,
+        body=text.encode(),
+        headers={"Content-Type": "text/html", **(headers or {})},
+        truncate=truncate,
     )
 
 
@@ -52,6 +84,10 @@ class FakeSlack:
         self.channels: set[str] = {"#gpu-alerts", "C0GPUALERT"}
         #: Seconds an accepted message's answer is held back (Slack has it, the sender waits).
         self.answer_delay_s = 0.0
+        #: The answers to this many next accepted messages are cut off mid-body.
+        self.cut_off_answers = 0
+        #: Webhook path, bot channel or token -> the error Slack answers for it from now on.
+        self.refusals: dict[str, str] = {}
         self._lock = threading.Lock()
         server.route("POST", POST_MESSAGE, self._post_message)
 
@@ -74,6 +110,23 @@ class FakeSlack:
         self.tokens.add(token)
         return token
 
+    def refuse(self, target: str, error: str) -> None:
+        """From now on, refuse every post to `target` (a webhook URL or path, a bot channel
+        or token) with Slack's documented `error`: for a webhook its status from
+        `WEBHOOK_ERRORS` and the code as text, for the Web API `{"ok": false, "error"}`."""
+        key = self._target(target)
+        if key.startswith("/services/") and error not in WEBHOOK_ERRORS:
+            raise ValueError(f"{error!r} is not a documented webhook error")
+        self.refusals[key] = error
+
+    def restore(self, target: str) -> None:
+        """Accept posts to `target` again (the admin lifted the restriction...)."""
+        self.refusals.pop(self._target(target), None)
+
+    def _target(self, target: str) -> str:
+        """A webhook URL's path; a channel or token as is."""
+        return target.removeprefix(self.server.url)
+
     def to(self, target: str) -> list[SlackMessage]:
         """Accepted messages of a webhook URL (or path) or a bot channel."""
         path = target.split(str(self.server.port), 1)[-1]
@@ -81,11 +134,17 @@ class FakeSlack:
 
     # ---------------------------------------------------------------- answers
 
-    def _accept(self, target: str, body: dict[str, Any]) -> None:
+    def _accept(self, target: str, body: dict[str, Any], answer: FakeResponse) -> FakeResponse:
+        """Record the message; the answer is held back or cut off as configured."""
         with self._lock:
             self.messages.append(
                 SlackMessage(target, str(body.get("text") or ""), list(body.get("blocks") or []))
             )
+            if self.cut_off_answers > 0:
+                self.cut_off_answers -= 1
+                answer.truncate = True
+        answer.delay_s = self.answer_delay_s
+        return answer
 
     def _webhook(self, req: FakeRequest) -> FakeResponse:
         try:
@@ -94,12 +153,12 @@ class FakeSlack:
             return text_response(400, "invalid_payload")
         if not isinstance(body, dict):
             return text_response(400, "invalid_payload")
+        refused = self.refusals.get(req.path)
+        if refused:
+            return text_response(WEBHOOK_ERRORS[refused], refused)
         if not body.get("text") and not body.get("blocks"):
             return text_response(400, "no_text")
-        self._accept(req.path, body)
-        answer = text_response(200, "ok")
-        answer.delay_s = self.answer_delay_s
-        return answer
+        return self._accept(req.path, body, text_response(200, "ok"))
 
     def _post_message(self, req: FakeRequest) -> FakeResponse:
         auth = req.headers.get("authorization", "")
@@ -115,15 +174,18 @@ class FakeSlack:
         if token not in self.tokens:
             return FakeResponse(json={"ok": False, "error": "invalid_auth"})
         channel = str(body.get("channel") or "")
+        refused = self.refusals.get(token) or self.refusals.get(channel)
+        if refused:
+            return FakeResponse(json={"ok": False, "error": refused})
         if channel not in self.channels:
             return FakeResponse(json={"ok": False, "error": "channel_not_found"})
         if not body.get("text") and not body.get("blocks"):
             return FakeResponse(json={"ok": False, "error": "no_text"})
-        self._accept(channel, body)
-        ts = f"{len(self.messages)}.000100"
-        return FakeResponse(
+        ts = f"{len(self.messages) + 1}.000100"
+        answer = FakeResponse(
             json={"ok": True, "channel": channel, "ts": ts, "message": {"text": body["text"]}}
         )
+        return self._accept(channel, body, answer)
 
 
 def slack() -> Iterator[FakeSlack]:

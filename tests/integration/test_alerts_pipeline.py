@@ -21,7 +21,7 @@ from broker import alerts
 from broker.auth import get_or_create_team
 from broker.config import Settings
 from broker.db import session_scope
-from broker.models import AlertDelivery, PollRun
+from broker.models import AlertDelivery, AlertSubscription, PollRun
 from broker.offers import IngestResult
 from broker.pipeline import after_ingest, sweep_embedded
 from broker.polling import replay_results
@@ -288,3 +288,174 @@ def test_leaving_and_reentering_alerts_again(
     assert len(texts) == 2
     assert texts[0].startswith(f"{len(expected_all)} new ")
     assert texts[1].startswith(f"{len(dropped)} new "), texts[1]
+
+
+def subscribe_to(
+    engine: Engine, settings: Settings, name: str, channel: dict[str, str], now: datetime
+) -> int:
+    """Subscribe SUBS[name]'s filter (team `alpha`) to `channel`; the subscription's id."""
+    with session_scope(engine) as session:
+        team = get_or_create_team(session, "alpha", clock=lambda: now)
+        assert team.id is not None
+        body = alerts.SubscriptionIn.model_validate(
+            {"name": name, "filter": SUBS[name]["filter"], "channel": channel}
+        )
+        row, _ = alerts.create_subscription(
+            session, team.id, body, actor="test", settings=settings, clock=lambda: now
+        )
+        assert row.id is not None
+        return row.id
+
+
+def play(engine: Engine, settings: Settings, data_dir: Path, snapshot: str, at: datetime) -> None:
+    """Ingest `snapshot` as a poll at `at`, with the pipeline matching and delivering."""
+    tick = Tick(at)
+    result = replay.read_snapshot(data_dir / "offers" / snapshot, fetched_at=at)
+    replay_results(
+        engine,
+        [(snapshot, result)],
+        clock=tick,
+        after=functools.partial(pipeline_of, engine, settings, tick),
+    )
+
+
+def deliveries(engine: Engine, subscription_id: int) -> list[tuple[str, str | None]]:
+    """(state, last_error) of a subscription's outbox rows, oldest first."""
+    with session_scope(engine) as session:
+        return [
+            (r.state, r.last_error)
+            for r in session.execute(
+                select(AlertDelivery)
+                .where(AlertDelivery.subscription_id == subscription_id)  # type: ignore[arg-type]
+                .order_by(AlertDelivery.id)  # type: ignore[arg-type]
+            ).scalars()
+        ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "refused_by"),
+    [
+        # An admin restricted posting to #general: Slack's webhook answers 403 with this body.
+        ("slack_webhook", "posting_to_general_channel_denied", "webhook"),
+        # chat.postMessage: "A workspace preference prevents the authenticated user from posting."
+        ("slack_bot", "restricted_action", "channel"),
+        # chat.postMessage: the token lacks the workspace access it needs.
+        ("slack_bot", "team_access_not_granted", "token"),
+    ],
+)
+def test_a_permanent_refusal_disables_the_subscription_and_nothing_more_is_sent(
+    engine: Engine,
+    tmp_path: Path,
+    data_dir: Path,
+    fake_slack: FakeSlack,
+    kind: str,
+    error: str,
+    refused_by: str,
+) -> None:
+    """Slack refuses the target for good: the first alert fails, the subscription is
+    disabled with Slack's answer as the reason, and the next batch (which alerts a healthy
+    twin subscription) sends nothing to the refused target."""
+    from tests.fakes.http import FakeRequest
+    from tests.fakes.slack import POST_MESSAGE
+
+    settings = Settings(
+        data_dir=tmp_path, slack_webhook_hosts=[fake_slack.host], slack_api_url=fake_slack.api_url
+    )
+    now = datetime(2026, 5, 9, tzinfo=UTC)
+    channel: dict[str, str]
+    if kind == "slack_webhook":
+        url = fake_slack.webhook("refused")
+        channel = {"type": kind, "url": url}
+        fake_slack.refuse(url, error)
+        path, auth = url.split(str(fake_slack.server.port), 1)[1], None
+    else:
+        token = fake_slack.bot_token()
+        channel = {"type": kind, "token": token, "channel": "#gpu-alerts"}
+        fake_slack.refuse(token if refused_by == "token" else "#gpu-alerts", error)
+        path, auth = POST_MESSAGE, f"Bearer {token}"
+
+    def to_target() -> list[FakeRequest]:
+        """The requests sent to the refused webhook, or with the refused bot's token."""
+        return [
+            r
+            for r in fake_slack.server.requests_to(path)
+            if auth is None or r.headers.get("authorization") == auth
+        ]
+
+    refused = subscribe_to(engine, settings, "lambda-a100-eu", channel, now)
+    twin_url = fake_slack.webhook("twin")
+    subscribe_to(
+        engine, settings, "lambda-a100-eu", {"type": "slack_webhook", "url": twin_url}, now
+    )
+
+    play(engine, settings, data_dir, A, now)  # both subscriptions alert
+    assert len(to_target()) == 1
+    with session_scope(engine) as session:
+        sub = session.get(AlertSubscription, refused)
+        assert sub is not None
+        assert sub.state == alerts.DISABLED
+        assert sub.disabled_reason is not None and error in sub.disabled_reason
+        if kind == "slack_webhook":
+            assert sub.disabled_reason == f"Slack answered 403 {error}"
+    [(state, last_error)] = deliveries(engine, refused)
+    assert state == alerts.FAILED and last_error is not None and error in last_error
+
+    play(engine, settings, data_dir, B, now + timedelta(hours=1))  # alerts the twin again
+    sweep_embedded(engine, settings, lambda: now + timedelta(hours=2))
+    assert len(fake_slack.to(twin_url)) == 2
+    assert len(to_target()) == 1  # nothing more was sent to the refused target
+    assert [m.target for m in fake_slack.messages] == [fake_slack.to(twin_url)[0].target] * 2
+    assert len(deliveries(engine, refused)) == 1
+
+
+@pytest.mark.parametrize("kind", ["slack_webhook", "slack_bot"])
+def test_an_answer_cut_off_mid_body_is_retried_and_delivered_once(
+    engine: Engine, tmp_path: Path, data_dir: Path, fake_slack: FakeSlack, kind: str
+) -> None:
+    """`http.client.IncompleteRead` while reading Slack's answer. Cut off before Slack took
+    the message (a broken error answer): the send is retried after the backoff and delivered
+    once. Cut off after Slack accepted it (what arrived is Slack's success answer): it
+    counts as sent and is never sent again."""
+    from tests.fakes.http import FakeResponse
+    from tests.fakes.slack import POST_MESSAGE, text_response
+
+    settings = Settings(
+        data_dir=tmp_path, slack_webhook_hosts=[fake_slack.host], slack_api_url=fake_slack.api_url
+    )
+    now = datetime(2026, 5, 9, tzinfo=UTC)
+    if kind == "slack_webhook":
+        url = fake_slack.webhook("cutoff")
+        channel = {"type": kind, "url": url}
+        path = url.split(str(fake_slack.server.port), 1)[1]
+        target = path
+        broken = text_response(500, "rollup_error", truncate=True)
+        fragment = "webhook: answer cut off (IncompleteRead)"
+    else:
+        channel = {"type": kind, "token": fake_slack.bot_token(), "channel": "#gpu-alerts"}
+        path, target = POST_MESSAGE, "#gpu-alerts"
+        broken = FakeResponse(json={"ok": False, "error": "internal_error"}, truncate=True)
+        fragment = "Slack API: answer cut off (IncompleteRead)"
+    sid = subscribe_to(engine, settings, "lambda-a100-eu", channel, now)
+
+    # 1. The answer breaks off before Slack took the message: retried later, sent once.
+    fake_slack.server.fail("POST", path, broken)
+    play(engine, settings, data_dir, A, now)
+    assert fake_slack.messages == []
+    [(state, last_error)] = deliveries(engine, sid)
+    assert (state, last_error) == (alerts.PENDING, fragment)
+    assert sweep_embedded(engine, settings, lambda: now + timedelta(minutes=1))["sent"] == 1
+    assert sweep_embedded(engine, settings, lambda: now + timedelta(hours=1))["sent"] == 0
+    assert len(fake_slack.server.requests_to(path)) == 2
+    [first] = fake_slack.messages
+    assert first.target == target
+    assert deliveries(engine, sid) == [(alerts.SENT, None)]
+
+    # 2. Slack accepts the next alert but its answer breaks off: sent, and never again.
+    fake_slack.cut_off_answers = 1
+    later = now + timedelta(hours=2)
+    play(engine, settings, data_dir, B, later)
+    sweep_embedded(engine, settings, lambda: later + timedelta(hours=1))
+    assert fake_slack.cut_off_answers == 0  # the answer was cut off
+    assert len(fake_slack.server.requests_to(path)) == 3
+    assert len(fake_slack.messages) == 2
+    assert deliveries(engine, sid) == [(alerts.SENT, None), (alerts.SENT, None)]

@@ -3,6 +3,8 @@ answers classified."""
 
 from __future__ import annotations
 
+import http.client
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -244,8 +246,23 @@ def test_a_flagged_price_says_so_in_the_alert(tmp_path: Path) -> None:
         (410, "channel_is_archived", {}, "gone", None),
         (200, "channel_not_found", {}, "gone", None),
         (200, "invalid_auth", {}, "gone", None),
+        # Incoming webhooks (api.slack.com/messaging/webhooks, "Handling errors").
+        (403, "posting_to_general_channel_denied", {}, "gone", None),
+        (403, "action_prohibited", {}, "gone", None),
+        (400, "user_not_found", {}, "gone", None),
+        (404, "no_team", {}, "gone", None),
+        (403, "", {}, "gone", None),  # a webhook's 403 refuses the target, whatever the body
+        # chat.postMessage: HTTP 200 with `{"ok": false, "error": ...}`.
+        (200, "restricted_action", {}, "gone", None),
+        (200, "restricted_action_read_only_channel", {}, "gone", None),
+        (200, "team_access_not_granted", {}, "gone", None),
+        (200, "ekm_access_denied", {}, "gone", None),
+        (200, "no_permission", {}, "gone", None),
+        (200, "team_added_to_org", {}, "retry", None),
         (400, "invalid_payload", {}, "rejected", None),
+        (400, "too_many_attachments", {}, "rejected", None),
         (200, "msg_too_long", {}, "rejected", None),
+        (200, "invalid_blocks", {}, "rejected", None),
     ],
 )
 def test_slack_answers_are_classified(
@@ -254,3 +271,26 @@ def test_slack_answers_are_classified(
     result = alerts._classify(status, error, headers)
     assert result.outcome == outcome
     assert result.retry_after == retry_after
+
+
+@pytest.mark.parametrize(
+    ("exc", "pattern", "outcome"),
+    [
+        # Nothing or an error's start arrived: Slack may not have the message, try again.
+        (http.client.IncompleteRead(b""), alerts._WEBHOOK_OK, "retry"),
+        (http.client.IncompleteRead(b"rollu", 7), alerts._WEBHOOK_OK, "retry"),
+        (http.client.IncompleteRead(b'{"ok": false, "err'), alerts._API_OK, "retry"),
+        (http.client.BadStatusLine("HTTP/1.1 2"), alerts._API_OK, "retry"),
+        # What arrived is Slack's success answer: sent, never again.
+        (http.client.IncompleteRead(b"o", 1001), alerts._WEBHOOK_OK, "sent"),
+        (http.client.IncompleteRead(b'{"ok": true, "chan'), alerts._API_OK, "sent"),
+        (http.client.IncompleteRead(b'{"ok":true,"channel":"C1"'), alerts._API_OK, "sent"),
+    ],
+)
+def test_an_answer_cut_off_is_retried_unless_it_already_said_ok(
+    exc: http.client.HTTPException, pattern: re.Pattern[bytes], outcome: str
+) -> None:
+    result = alerts._cut_off(exc, pattern, "webhook")
+    assert result.outcome == outcome
+    if outcome == "retry":
+        assert result.error == f"webhook: answer cut off ({type(exc).__name__})"
