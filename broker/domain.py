@@ -318,6 +318,22 @@ _SECRET_PATTERNS = (
 )
 
 
+#: The shortest start of a known secret that is masked when a message was cut off in the
+#: middle of it (an adapter truncated a provider's error text before it reached `redact`).
+MIN_SECRET_PREFIX = 6
+
+
+def _mask_cut_secret(text: str, secret: str) -> str:
+    """`text` with the longest start of `secret` (at least `MIN_SECRET_PREFIX` characters)
+    masked wherever it ends the text or a word: what is left of a secret when a message was
+    truncated before redaction."""
+    for n in range(len(secret) - 1, MIN_SECRET_PREFIX - 1, -1):
+        head = secret[:n]
+        if head in text:
+            return re.sub(re.escape(head) + r"(?![A-Za-z0-9])", "***", text)
+    return text
+
+
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     """`text` with every known secret and every secret-shaped token replaced by `***`.
 
@@ -328,6 +344,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
+            text = _mask_cut_secret(text, secret)
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
     return text
