@@ -7,6 +7,10 @@ CSV parsing, so an anonymous client cannot make the server buffer a large body. 
 is `max_csv_body_bytes` for the CSV imports (paths ending in `/import`) and
 `max_json_body_bytes` for every other body. Answer: 413 `payload_too_large` in the API's
 error shape.
+
+The same pass refuses a body holding a NUL character (a raw 0 byte, or `\u0000` in JSON):
+PostgreSQL cannot store one in a text column, and no name, note or URL needs one. Answer:
+422 `invalid_request`, for every text field of every body at once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,17 @@ def _message(limit: int) -> str:
         f"the request body is larger than {limit:,} bytes "
         "(BROKER_MAX_JSON_BODY_BYTES / BROKER_MAX_CSV_BODY_BYTES)"
     )
+
+
+#: A NUL as JSON writes it (the hex digits of an escape are case-insensitive, 0 has none).
+_JSON_NUL = b"\\u0000"
+
+
+class _HasNul(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(
+            422, "text must not contain NUL characters (\\u0000): no field can store one"
+        )
 
 
 class _TooLarge(HTTPException):
@@ -53,15 +68,21 @@ class BodyLimit:
             await self._refuse(scope, receive, send, limit)
             return
         seen = 0
+        tail = b""
         started = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, tail
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                chunk: bytes = message.get("body", b"")
+                seen += len(chunk)
                 if seen > limit:
                     raise _TooLarge(limit)
+                window = tail + chunk  # an escape may straddle two chunks
+                if b"\x00" in chunk or _JSON_NUL in window:
+                    raise _HasNul
+                tail = window[-(len(_JSON_NUL) - 1) :]
             return message
 
         async def tracked(message: Message) -> None:

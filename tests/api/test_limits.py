@@ -96,3 +96,34 @@ def test_csv_imports_have_their_own_limit(small: TestClient, keys: Keys, engine:
     )
     assert r.status_code == 422, r.text
     assert count(engine, Reservation) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "ctype"),
+    [
+        ("/v1/requests", b'{"name": "a\\u0000b", "gpu_models": ["H100"]}', "application/json"),
+        ("/v1/subscriptions", b'{"name": "x\\u0000", "filter": {}}', "application/json"),
+        ("/v1/reservations/import", b"provider,notes\naws,a\x00b\n", "text/csv"),
+    ],
+)
+def test_a_nul_anywhere_in_a_body_is_422_and_nothing_is_written(
+    small: TestClient, keys: Keys, engine: Engine, path: str, body: bytes, ctype: str
+) -> None:
+    r = small.post(path, content=body, headers={"Content-Type": ctype, **bearer(keys.admin)})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_request"
+    assert "NUL" in r.json()["error"]["message"]
+    assert count(engine, CapacityRequest) == 0 and count(engine, Reservation) == 0
+
+
+def test_a_nul_escape_split_across_chunks_is_found(small: TestClient, keys: Keys) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"name": "a\\u00'
+        yield b'00b", "gpu_models": ["H100"], "gpus": 8, "duration_hours": 1}'
+
+    r = small.post(
+        "/v1/requests",
+        content=chunks(),
+        headers={"Content-Type": "application/json", **bearer(keys.member)},
+    )
+    assert r.status_code == 422, r.text
