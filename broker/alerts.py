@@ -909,16 +909,24 @@ def offers_message(
         blocks.append(_offer_section(o, settings, cfg, now, was))
         shown += 1
     hidden = len(entered) + len(drops) - shown
-    footer = f"Subscription “{name}”"
+    footer = f"Subscription “{slack_escape(name)}”"
     if hidden:
         footer = f"and {hidden} more · " + footer
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]})
     return {
-        "text": f"{text} (subscription “{name}”)",
+        "text": f"{text} (subscription “{slack_escape(name)}”)",
         "blocks": blocks,
         "offers": [o.key for o in entered],
         "price_drops": [o.key for o, _ in drops],
     }
+
+
+def slack_escape(text: str) -> str:
+    """User text made inert in Slack's mrkdwn and notification text: `&`, `<`, `>` as
+    entities, so a name cannot ping (`<!channel>`) or disguise a link (`<url|label>`).
+    The rule of Slack's "Formatting text for app surfaces", section "Escaping text"
+    (api.slack.com/reference/surfaces/formatting#escaping)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _option_text(best: Mapping[str, Any] | None) -> str:
@@ -944,13 +952,15 @@ def request_message(
     link = f"{settings.public_url.rstrip('/')}/v1/requests/{request_id}/recommendations"
     body = f"*Now:* {_option_text(after)}\n*Was:* {_option_text(before)}\n<{link}|recommendations>"
     return {
-        "text": f"{head}: {_option_text(after)}",
+        "text": f"{slack_escape(head)}: {_option_text(after)}",
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": head[:150]}},
             {"type": "section", "text": {"type": "mrkdwn", "text": body}},
             {
                 "type": "context",
-                "elements": [{"type": "mrkdwn", "text": f"Subscription “{sub_name}”"}],
+                "elements": [
+                    {"type": "mrkdwn", "text": f"Subscription “{slack_escape(sub_name)}”"}
+                ],
             },
         ],
         "request_id": request_id,
@@ -963,7 +973,10 @@ def build_test_message(row: AlertSubscription, settings: Settings) -> dict[str, 
         if row.kind == "offers"
         else f"capacity request {row.request_id}"
     )
-    text = f"Test message from the GPU capacity broker: subscription “{row.name}” ({what})."
+    text = (
+        "Test message from the GPU capacity broker: subscription "
+        f"“{slack_escape(row.name)}” ({what})."
+    )
     return {
         "text": text,
         "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],

@@ -294,3 +294,15 @@ def test_an_answer_cut_off_is_retried_unless_it_already_said_ok(
     assert result.outcome == outcome
     if outcome == "retry":
         assert result.error == f"webhook: answer cut off ({type(exc).__name__})"
+
+
+def test_user_text_cannot_ping_or_disguise_a_link(tmp_path: Path) -> None:
+    evil = "<!channel> & <https://evil.example|slack.com>"
+    inert = "&lt;!channel&gt; &amp; &lt;https://evil.example|slack.com&gt;"
+    msg = alerts.offers_message(
+        evil, compiled(), [offer()], [], settings(tmp_path), ScoringConfig(), NOW
+    )
+    assert evil not in str(msg) and inert in msg["text"]
+    assert inert in msg["blocks"][-1]["elements"][0]["text"]
+    req = alerts.request_message(evil, 7, evil, None, None, settings(tmp_path))
+    assert "<!channel>" not in req["text"] and inert in req["blocks"][-1]["elements"][0]["text"]
