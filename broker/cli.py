@@ -25,7 +25,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from broker import auth, db, gpus
+from broker import auth, db, gpus, vocab
 from broker.config import Settings, get_settings
 from broker.domain import Clock, Market, PollResult, ProviderStatus, utcnow
 from broker.logs import configure_logging
@@ -529,7 +529,14 @@ def offers(
     engine = _ready_engine(state)
     try:
         models, minimums = gpu_filters(gpu or ())
-    except gpus.GpuFilterError as exc:
+        for kind, values in (
+            ("provider", provider),
+            ("region", region),
+            ("country", country),
+            ("jurisdiction", jurisdiction),
+        ):
+            vocab.check(kind, values or ())
+    except (gpus.GpuFilterError, vocab.UnknownName) as exc:
         raise fail(str(exc)) from None
     fmt = output_format or (OutputFormat.TABLE if sys.stdout.isatty() else OutputFormat.JSON)
     if limit is None:

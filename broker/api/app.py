@@ -19,6 +19,7 @@ from broker.api import errors
 from broker.api.deps import get_principal
 from broker.api.errors import ErrorBody
 from broker.api.limits import BodyLimit
+from broker.api.query import reject_unknown_query
 from broker.api.ratelimit import RateLimiter
 from broker.api.routes import (
     events,
@@ -125,6 +126,9 @@ def create_app(
         app.include_router(router)
     for router in V1_ROUTERS:
         app.include_router(
-            router, prefix="/v1", dependencies=[Depends(get_principal)], responses=_V1_ERRORS
+            router,
+            prefix="/v1",
+            dependencies=[Depends(reject_unknown_query), Depends(get_principal)],
+            responses=_V1_ERRORS,
         )
     return app

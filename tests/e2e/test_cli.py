@@ -129,6 +129,13 @@ def test_bad_gpu_name_gets_a_hint(env: dict[str, str]) -> None:
     run(env, "db", "upgrade")
     proc = run(env, "offers", "--gpu", "H10", ok=False)
     assert proc.returncode == 2 and "H100" in proc.stderr
+    for args, hint in (
+        (("--provider", "lambda"), "Did you mean lambda_cloud"),
+        (("--jurisdiction", "XX"), "unknown jurisdiction 'XX'"),
+        (("--gpu", "H100:0"), "Bad GPU count"),
+    ):
+        proc = run(env, "offers", *args, ok=False)
+        assert proc.returncode == 2 and hint in proc.stderr, proc.stderr
 
 
 def test_backtest_stamps_snapshot_times_so_old_data_is_stale(

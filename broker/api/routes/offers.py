@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import and_, or_, select
 from sqlmodel import Session, col
 
-from broker import gpus
+from broker import gpus, vocab
 from broker.api.deps import ClockDep, SessionDep, SettingsDep
 from broker.api.errors import invalid, not_found
 from broker.api.pagination import (
@@ -120,14 +120,25 @@ def list_offers(
 ) -> dict[str, Any]:
     """Current offers matching every filter given, cheapest per GPU-hour first."""
     models, minimums = _gpu_models(_values("gpu", gpu))
+    places = {
+        "provider": _values("provider", provider),
+        "region": _values("region", region),
+        "country": _values("country", country),
+        "jurisdiction": _values("jurisdiction", jurisdiction),
+    }
+    for kind, values in places.items():
+        try:
+            vocab.check(kind, values)
+        except vocab.UnknownName as exc:
+            raise invalid(kind, str(exc)) from None
     query = OfferQuery(
         gpu_models=models,
         gpu_minimums=minimums,
         min_gpus=min_gpus,
-        providers=_values("provider", provider),
-        regions=_values("region", region),
-        countries=_values("country", country),
-        jurisdictions=_values("jurisdiction", jurisdiction),
+        providers=places["provider"],
+        regions=places["region"],
+        countries=places["country"],
+        jurisdictions=places["jurisdiction"],
         markets=_markets(_values("market", market)),
         max_price_per_gpu_hour=max_price_per_gpu_hour,
         include_stale=include_stale,
