@@ -590,6 +590,27 @@ def offers(
 # --------------------------------------------------------------------------- serve
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before anything polls when another process (a second `broker serve`) holds the
+    address: it would otherwise poll and ingest, then die on bind."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise fail(
+                f"{host}:{port} is in use ({exc.strerror or exc}): another broker serve? "
+                "Choose another port with --port"
+            ) from None
+
+
 @app.command()
 def serve(
     ctx: typer.Context,
@@ -613,6 +634,7 @@ def serve(
 
     state = _state(ctx)
     engine = _ready_engine(state)
+    _check_port_free(host, port)
     api = create_app(state.settings, engine, state.clock)
     poller = None
     if not no_scheduler:

@@ -281,8 +281,13 @@ def spec_of(row: CapacityRequest) -> RequestSpec:
 def create_request(
     session: Session, team_id: int, body: RequestIn, *, settings: Settings, clock: Clock = utcnow
 ) -> CapacityRequest:
-    """Store a validated request and score it once (no event: nothing changed yet)."""
+    """Store a validated request and score it once (no event: nothing changed yet).
+
+    Raises:
+        RequestError: `needed_by` is already past (the request could never be met).
+    """
     now = clock()
+    _check_needed_by(body, now)
     row = CapacityRequest(
         team_id=team_id,
         name=body.name,
@@ -297,6 +302,16 @@ def create_request(
     market = load_market(session)
     _apply_score(session, row, market, now, settings, market_event_id=None, emit=False)
     return row
+
+
+def _check_needed_by(body: RequestIn, now: datetime) -> None:
+    if body.needed_by is not None and body.needed_by <= now:
+        raise RequestError(
+            "invalid_request",
+            f"needed_by {body.needed_by:%Y-%m-%d %H:%M} UTC is already past (now "
+            f"{now:%Y-%m-%d %H:%M} UTC): no offer could meet it",
+            "needed_by",
+        )
 
 
 def get_request(session: Session, team_id: int, request_id: int) -> CapacityRequest | None:
@@ -338,6 +353,8 @@ def update_request(
         merged = {**row.spec, "name": row.name, **patch.model_dump(mode="json", exclude_unset=True)}
         merged.pop("state", None)
         body = RequestIn.model_validate(merged)
+        if "needed_by" in changes:
+            _check_needed_by(body, now)
         row.spec = _spec_json(body)
         row.name = body.name
         row.gpu_models = sorted(body.resolved_models())

@@ -134,6 +134,7 @@ def test_roles_and_auth(client: TestClient, keys: Keys, engine: Engine) -> None:
         ({"residency": {"deny": ["x" * 129]}}, "residency.deny.0", "at most 128"),
         ({"gpu_models": ["H100"] * 21}, "gpu_models", "at most 20"),
         ({"markets": ["spot"] * 9}, "markets", "at most 8"),
+        ({"needed_by": "2020-01-01T00:00:00Z"}, "needed_by", "already past"),
     ],
 )
 def test_bad_input_is_422_naming_the_field_and_writes_nothing(

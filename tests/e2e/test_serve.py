@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -132,3 +133,18 @@ def test_serve_polls_the_sample_market_at_once(env: dict[str, str]) -> None:
             time.sleep(0.3)
         assert replay["offers"] > 1000
         assert httpx.get(f"{base}/v1/offers", headers=h).json()["data"]
+
+
+def test_a_second_serve_on_a_busy_port_fails_before_it_polls(env: dict[str, str]) -> None:
+    assert run(env, "db", "upgrade").returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run(env, "serve", "--port", str(port))
+    assert proc.returncode == 2 and "is in use" in proc.stderr, proc.stderr
+    assert "polling" not in proc.stderr
+    # Nothing was polled by the refused serve.
+    db = Path(env["BROKER_DATA_DIR"]) / "broker.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM poll_runs").fetchone() == (0,)

@@ -122,7 +122,14 @@ def create(
     first answer."""
     if (replayed := idem.claim(session, principal)) is not None:
         return replayed
-    row = capacity.create_request(session, principal.team_id, body, settings=settings, clock=clock)
+    try:
+        row = capacity.create_request(
+            session, principal.team_id, body, settings=settings, clock=clock
+        )
+    except capacity.RequestError as exc:
+        raise ApiError(
+            422, exc.code, str(exc), [{"loc": f"body.{exc.field}", "field": exc.field}]
+        ) from None
     return idem.remember(session, 201, _public(row))
 
 
