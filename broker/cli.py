@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -366,50 +367,80 @@ def _age(then: datetime, now: datetime) -> str:
     return f"{s}s ago"
 
 
-def _render_table(rows: list[dict[str, Any]], total: int, now: datetime) -> None:
-    console = Console() if sys.stdout.isatty() else Console(width=220)
+_MARKET_SHORT: dict[str, str] = {"on_demand": "on-dem.", "capacity_block": "block"}
+#: Table rows by market: what can be bought now at list price first.
+_MARKET_ORDER: dict[str, int] = {"on_demand": 0, "capacity_block": 1, "reserved": 2, "spot": 3}
+#: Table columns in the order they are dropped last-to-first when the terminal is narrow:
+#: (title, justify, cell of a row). `--wide` shows them all.
+_COLUMNS: tuple[tuple[str, str, Callable[[dict[str, Any], datetime], str]], ...] = (
+    ("provider", "left", lambda r, now: r["provider"]),
+    ("gpu", "left", lambda r, now: r["gpu_model"] or f"? {r['gpu_name_raw']}"),
+    ("×", "right", lambda r, now: _fmt_num(r["gpu_count"], 3)),
+    (
+        "$/GPU-h",
+        "right",
+        lambda r, now: _fmt_num(r["price_per_gpu_hour"]) + (" !" if r["anomalies"] else ""),
+    ),
+    ("market", "left", lambda r, now: _MARKET_SHORT.get(r["market"], r["market"])),
+    ("region", "left", lambda r, now: r["region"]),
+    ("juris.", "left", lambda r, now: r["jurisdiction"] or "?"),
+    ("avail.", "left", lambda r, now: r["availability"]),
+    ("$/h", "right", lambda r, now: _fmt_num(r["price_per_hour"])),
+    ("instance", "left", lambda r, now: r["instance_type"]),
+    ("mem GB", "right", lambda r, now: _fmt_num(r["gpu_memory_gb"], 0)),
+    ("zone", "left", lambda r, now: r["zone"] or ""),
+    ("seen", "left", lambda r, now: _age(r["last_seen"], now) + (" stale" if r["stale"] else "")),
+)
+
+
+def _column_widths(cells: list[list[str]]) -> list[int]:
+    """Each column's widest cell (title included)."""
+    return [max([len(t), *(len(row[i]) for row in cells)]) for i, (t, _, _) in enumerate(_COLUMNS)]
+
+
+def _fit_columns(cells: list[list[str]], width: int) -> list[int]:
+    """Indexes of the columns that fit `width` (each column costs its widest cell plus 3 for
+    borders and padding), in priority order: the first four always stay."""
+    widths = _column_widths(cells)
+    keep: list[int] = []
+    used = 1
+    for i, w in enumerate(widths):
+        if i < 4 or used + w + 3 <= width:
+            keep.append(i)
+            used += w + 3
+    return keep
+
+
+def _render_table(rows: list[dict[str, Any]], total: int, now: datetime, wide: bool) -> None:
+    """Offers as a table that fits the terminal: the least useful columns go first when it
+    is narrow (`--wide` keeps all); rows by market (on-demand first), then price."""
+    # A terminal's own width; piped, COLUMNS if set (e.g. `COLUMNS=80 broker offers | less`).
+    piped = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 220
+    console = Console() if sys.stdout.isatty() else Console(width=piped)
+    cells = [[cell(r, now) for _, _, cell in _COLUMNS] for r in rows]
+    keep = list(range(len(_COLUMNS))) if wide else _fit_columns(cells, console.width)
+    if wide:  # every column at its full width, however wide the terminal
+        widths = _column_widths(cells)
+        console = Console(width=max(console.width, sum(widths) + 3 * len(widths) + 1))
     table = Table(show_lines=False, header_style="bold")
-    for title, justify in (
-        ("provider", "left"),
-        ("instance", "left"),
-        ("gpu", "left"),
-        ("×", "right"),
-        ("mem GB", "right"),
-        ("region / zone", "left"),
-        ("juris.", "left"),
-        ("market", "left"),
-        ("$/h", "right"),
-        ("$/GPU-h", "right"),
-        ("avail.", "left"),
-        ("seen", "left"),
-    ):
-        table.add_column(title, justify=justify)  # type: ignore[arg-type]
-    for r in rows:
-        where = r["region"] + (f" / {r['zone']}" if r["zone"] else "")
-        seen = _age(r["last_seen"], now) + (" [yellow](stale)[/]" if r["stale"] else "")
-        table.add_row(
-            r["provider"],
-            r["instance_type"],
-            r["gpu_model"] or f"? {r['gpu_name_raw']}",
-            _fmt_num(r["gpu_count"], 3),
-            _fmt_num(r["gpu_memory_gb"], 0),
-            where,
-            r["jurisdiction"] or "?",
-            r["market"],
-            _fmt_num(r["price_per_hour"]),
-            _fmt_num(r["price_per_gpu_hour"]) + (" [red]![/]" if r["anomalies"] else ""),
-            r["availability"],
-            seen,
-        )
+    for i in keep:
+        title, justify, _ = _COLUMNS[i]
+        table.add_column(title, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for row in cells:
+        table.add_row(*(row[i] for i in keep))
     console.print(table)
+    if len(keep) < len(_COLUMNS):
+        hidden = ", ".join(_COLUMNS[i][0] for i in range(len(_COLUMNS)) if i not in keep)
+        console.print(f"hidden at this width: {hidden} (--wide)", highlight=False)
     if total > len(rows):
         console.print(
-            f"showing {len(rows)} of {total} offers, cheapest per GPU-hour first "
-            "(--limit 0 shows all)"
+            f"showing {len(rows)} of {total} offers, on-demand first, cheapest first "
+            "(--limit 0 shows all)",
+            highlight=False,
         )
     if any(r["anomalies"] for r in rows):
         console.print(
-            "[red]![/] price flagged by a sanity rule (docs/anomalies.md; --format json shows "
+            "! price flagged by a sanity rule (docs/anomalies.md; --format json shows "
             "why, --exclude-anomalies hides them)"
         )
 
@@ -515,6 +546,9 @@ def offers(
             help="At most N offers (default: 50 in a table, all otherwise; 0 = all).", min=0
         ),
     ] = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Every column in the table, whatever the width.")
+    ] = False,
     group: Annotated[
         bool,
         typer.Option(
@@ -569,6 +603,10 @@ def offers(
         _print_groups(group_offers(rows), fmt, limit)
         return
     total = len(rows)
+    if fmt == OutputFormat.TABLE:  # JSON and CSV keep the plain price order
+        rows = sorted(
+            rows, key=lambda r: (_MARKET_ORDER.get(r["market"], 9), r["price_per_gpu_hour"])
+        )
     shown = rows[:limit] if limit else rows
     if fmt == OutputFormat.JSON:
         typer.echo(json.dumps([{f: _jsonable(r[f]) for f in OUTPUT_FIELDS} for r in shown]))
@@ -578,7 +616,7 @@ def offers(
         for r in shown:
             writer.writerow([_csv_cell(r[f]) for f in OUTPUT_FIELDS])
     else:
-        _render_table(shown, total, now)
+        _render_table(shown, total, now, wide)
         if not rows and hidden_stale:
             err.print(
                 f"no fresh offer matches; {hidden_stale} stale offer(s) in the store are "

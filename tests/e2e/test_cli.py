@@ -176,3 +176,18 @@ def test_poll_runs_the_replay_provider_over_the_bundled_sample(env: dict[str, st
     assert again["events"] == {}  # same time step, same snapshot: nothing changed
     unknown = run(env, "poll", "lamda", ok=False)
     assert unknown.returncode == 2 and "Unknown provider 'lamda'" in unknown.stderr
+
+
+def test_the_table_fits_the_width_and_wide_shows_every_column(env: dict[str, str]) -> None:
+    run(env, "db", "upgrade")
+    run(env, "replay")
+    narrow = run({**env, "COLUMNS": "80"}, "offers", "--gpu", "H100", "--format", "table")
+    lines = narrow.stdout.splitlines()
+    assert lines and max(len(line) for line in lines) <= 80, narrow.stdout
+    assert "hidden at this width" in narrow.stdout and "provider" in lines[1]
+    wide = run({**env, "COLUMNS": "80"}, "offers", "--gpu", "H100", "--format", "table", "--wide")
+    assert "seen" in wide.stdout.splitlines()[1] and "hidden" not in wide.stdout
+    # JSON keeps the plain price order (cheapest per GPU-hour first, every market).
+    rows = json.loads(run(env, "offers", "--gpu", "H100", "--format", "json").stdout)
+    prices = [r["price_per_gpu_hour"] for r in rows]
+    assert prices == sorted(prices)
