@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -118,12 +119,17 @@ def create_api_key(
     *,
     name: str | None = None,
     clock: Clock = utcnow,
+    expires_in: timedelta | None = None,
 ) -> CreatedKey:
-    """A new key for `team` (created when missing) in the caller's transaction.
+    """A new key for `team` (created when missing) in the caller's transaction; with
+    `expires_in`, refused from that long after now.
 
     Raises:
-        AuthError: empty or over-long team name or label; unknown role.
+        AuthError: empty or over-long team name or label; unknown role; a non-positive
+            `expires_in`.
     """
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise AuthError("expiry must be in the future (e.g. 90d, 12h)")
     try:
         role = Role(role)
     except ValueError:
@@ -144,6 +150,7 @@ def create_api_key(
         key_hash=hash_key(key),
         name=name,
         created_at=clock(),
+        expires_at=clock() + expires_in if expires_in is not None else None,
     )
     session.add(row)
     session.flush()
@@ -159,8 +166,28 @@ def create_api_key(
     )
 
 
+_DURATION = re.compile(r"^\s*(\d{1,6})\s*([dhm])\s*$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90d`, `12h` or `30m` as a timedelta.
+
+    Raises:
+        AuthError: not one of those forms.
+    """
+    m = _DURATION.match(text)
+    if not m or int(m.group(1)) == 0:
+        raise AuthError(
+            f"bad duration {text!r}: write a positive number of days, hours or "
+            "minutes, e.g. 90d, 12h, 30m"
+        )
+    unit = {"d": "days", "h": "hours", "m": "minutes"}[m.group(2)]
+    return timedelta(**{unit: int(m.group(1))})
+
+
 def verify_key(session: Session, presented: str, *, clock: Clock = utcnow) -> Principal | None:
-    """The principal of a presented key, or None when it is unknown, malformed or revoked.
+    """The principal of a presented key, or None when it is unknown, malformed, revoked or
+    expired.
 
     Stamps `last_used_at` (at most once per `LAST_USED_RESOLUTION`) in the caller's
     transaction.
@@ -183,6 +210,8 @@ def verify_key(session: Session, presented: str, *, clock: Clock = utcnow) -> Pr
     if row.revoked_at is not None:
         return None
     now = clock()
+    if row.expires_at is not None and now >= row.expires_at:
+        return None
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(col(ApiKey.id) == row.id).values(last_used_at=now))
     assert row.id is not None
@@ -193,7 +222,7 @@ def verify_key(session: Session, presented: str, *, clock: Clock = utcnow) -> Pr
 
 def list_api_keys(session: Session, team: str | None = None) -> list[dict[str, Any]]:
     """Every key (of `team`), oldest first, without any secret: prefix, team, role, name,
-    created_at, last_used_at, revoked_at."""
+    created_at, last_used_at, expires_at, revoked_at."""
     stmt = (
         select(ApiKey, col(Team.name))
         .join(Team, col(Team.id) == col(ApiKey.team_id))
@@ -209,6 +238,7 @@ def list_api_keys(session: Session, team: str | None = None) -> list[dict[str, A
             "name": row.name,
             "created_at": row.created_at,
             "last_used_at": row.last_used_at,
+            "expires_at": row.expires_at,
             "revoked_at": row.revoked_at,
         }
         for row, team_name in session.execute(stmt).all()

@@ -716,6 +716,10 @@ def apikey_create(
     name: Annotated[
         str | None, typer.Option(help="A label to recognise the key by.", show_default=False)
     ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(help="Refuse the key after this long: 90d, 12h, 30m.", show_default=False),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help='Print {"key", "team", "role"} as JSON.')
     ] = False,
@@ -724,8 +728,11 @@ def apikey_create(
     state = _state(ctx)
     engine = _ready_engine(state)
     try:
+        ttl = auth.parse_duration(expires_in) if expires_in is not None else None
         with db.session_scope(engine) as session:
-            created = auth.create_api_key(session, team, role, name=name, clock=state.clock)
+            created = auth.create_api_key(
+                session, team, role, name=name, clock=state.clock, expires_in=ttl
+            )
     except auth.AuthError as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -760,7 +767,7 @@ def apikey_list(
     now = state.clock()
     console = Console() if sys.stdout.isatty() else Console(width=200)
     table = Table(header_style="bold")
-    for title in ("prefix", "team", "role", "name", "created", "last used", "revoked"):
+    for title in ("prefix", "team", "role", "name", "created", "last used", "expires", "revoked"):
         table.add_column(title)
     for r in rows:
         table.add_row(
@@ -770,6 +777,7 @@ def apikey_list(
             r["name"] or "",
             _age(r["created_at"], now),
             _age(r["last_used_at"], now) if r["last_used_at"] else "never",
+            _jsonable(r["expires_at"]) if r["expires_at"] else "never",
             _age(r["revoked_at"], now) if r["revoked_at"] else "",
         )
     console.print(table)

@@ -232,6 +232,8 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     last_used_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    #: After this the key is refused (401, "expired"); None = no expiry.
+    expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
 
 
 class CapacityRequest(SQLModel, table=True):
