@@ -46,7 +46,10 @@ from providers import base as provider_base
 from providers import replay as replay_provider
 
 app = typer.Typer(
-    help="Multi-cloud GPU capacity broker.", no_args_is_help=True, pretty_exceptions_enable=False
+    help="Multi-cloud GPU capacity broker.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -89,8 +92,24 @@ def _ready_engine(state: CliState) -> Engine:
     return engine
 
 
+def _version(value: bool) -> None:
+    if value:
+        from broker import package_version
+
+        typer.echo(f"broker {package_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(ctx: typer.Context) -> None:
+def _main(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     state = _state(ctx)
     configure_logging(state.settings.log_level, state.settings.log_format)
 

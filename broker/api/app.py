@@ -7,7 +7,6 @@ than read access adds `require_role(...)`). Docs at `/docs`, the schema at `/ope
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -15,6 +14,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from broker import package_version
 from broker.api import errors
 from broker.api.deps import get_principal
 from broker.api.errors import ErrorBody
@@ -67,13 +67,6 @@ def _operation_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
-def _version() -> str:
-    try:
-        return metadata.version("gpu-capacity-broker")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
-
-
 class RejectNul:
     """400 for a URL holding a NUL character: PostgreSQL cannot store or compare one, and no
     valid id, key or filter contains it."""
@@ -102,7 +95,7 @@ def create_app(
     settings = settings or get_settings()
     app = FastAPI(
         title="GPU capacity broker",
-        version=_version(),
+        version=package_version(),
         summary="Comparable GPU offers across clouds, market events and capacity requests.",
         docs_url="/docs",
         openapi_url="/openapi.json",

@@ -191,3 +191,11 @@ def test_the_table_fits_the_width_and_wide_shows_every_column(env: dict[str, str
     rows = json.loads(run(env, "offers", "--gpu", "H100", "--format", "json").stdout)
     prices = [r["price_per_gpu_hour"] for r in rows]
     assert prices == sorted(prices)
+
+
+def test_version_and_short_help(env: dict[str, str]) -> None:
+    from broker import package_version
+
+    assert run(env, "--version").stdout.strip() == f"broker {package_version()}"
+    assert "Usage: broker" in run(env, "-h").stdout
+    assert "--expires-in" in run(env, "apikey", "create", "-h").stdout
