@@ -197,5 +197,5 @@ def test_version_and_short_help(env: dict[str, str]) -> None:
     from broker import package_version
 
     assert run(env, "--version").stdout.strip() == f"broker {package_version()}"
-    assert "Usage: broker" in run(env, "-h").stdout
+    assert "Multi-cloud GPU capacity broker" in run(env, "-h").stdout
     assert "--expires-in" in run(env, "apikey", "create", "-h").stdout
