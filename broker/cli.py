@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from broker import auth, db, gpus, vocab
-from broker.config import Settings, get_settings
+from broker.config import CONFIG_ENV, Settings, config_file, get_settings
 from broker.domain import Clock, Market, PollResult, ProviderStatus, utcnow
 from broker.logs import configure_logging
 from broker.offers import (
@@ -72,7 +72,11 @@ class CliState:
 def _state(ctx: typer.Context) -> CliState:
     obj = ctx.find_root().obj
     if not isinstance(obj, CliState):
-        obj = CliState(get_settings(), utcnow)
+        try:
+            settings = get_settings()
+        except (FileNotFoundError, ValueError) as exc:  # a bad config file or setting
+            raise fail(f"settings: {exc}") from None
+        obj = CliState(settings, utcnow)
         ctx.find_root().obj = obj
     return obj
 
@@ -109,7 +113,17 @@ def _main(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Settings file (TOML); default: $BROKER_CONFIG, else broker.toml in the data dir.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
+    if config is not None:  # read by this process's settings and inherited by its children
+        os.environ[CONFIG_ENV] = str(config)
     state = _state(ctx)
     configure_logging(state.settings.log_level, state.settings.log_format)
 
@@ -720,6 +734,33 @@ def serve(
 
 
 # -------------------------------------------------------------------------- apikey
+
+config_app = typer.Typer(help="The effective settings (environment over config file).")
+app.add_typer(config_app, name="config", no_args_is_help=True)
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print every effective setting, secrets masked, and which config file was read."""
+    from sqlalchemy.engine import make_url
+
+    state = _state(ctx)
+    values = state.settings.model_dump(mode="json")  # SecretStr dumps as '**********'
+    if values.get("database_url"):  # a password in the URL is a secret too
+        values["database_url"] = make_url(values["database_url"]).render_as_string(
+            hide_password=True
+        )
+    source = str(config_file() or "none")
+    if as_json:
+        typer.echo(json.dumps({"config_file": source, "settings": values}))
+        return
+    typer.echo(f"# config file: {source}")
+    for key, value in sorted(values.items()):
+        typer.echo(f"{key} = {json.dumps(value)}")
+
 
 apikey_app = typer.Typer(help="API keys of the REST API (shown once, stored hashed).")
 app.add_typer(apikey_app, name="apikey", no_args_is_help=True)

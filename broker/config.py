@@ -11,8 +11,14 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 
 def default_data_dir() -> Path:
@@ -260,10 +266,52 @@ class AlertSettings(BaseModel):
     sweep_grace_s: float = Field(default=60.0, ge=0)
 
 
+#: The environment variable (or `broker --config`) naming the config file.
+CONFIG_ENV = "BROKER_CONFIG"
+CONFIG_NAME = "broker.toml"
+
+
+def config_file() -> Path | None:
+    """The TOML file settings are read from: `$BROKER_CONFIG` (`broker --config`), else
+    `broker.toml` in the data dir (`BROKER_DATA_DIR` or the default) when it exists.
+
+    Raises:
+        FileNotFoundError: `BROKER_CONFIG` names a file that does not exist.
+    """
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{CONFIG_ENV}={explicit}: no such config file")
+        return path
+    data = os.environ.get("BROKER_DATA_DIR")
+    candidate = (Path(data).expanduser() if data else default_data_dir()) / CONFIG_NAME
+    return candidate if candidate.is_file() else None
+
+
 class Settings(BaseSettings):
+    """Every setting, from (highest first) the environment (`BROKER_*`, nested with `__`),
+    then the config file (`config_file()`: the same names in lower case, nested sections as
+    TOML tables, e.g. `public_url = "..."` and `[aws]` `regions = ["us-east-1"]`), then the
+    defaults. One file read by every command, `serve`, workers and the scheduler, so they
+    agree across shells."""
+
     model_config = SettingsConfigDict(
         env_prefix="BROKER_", env_nested_delimiter="__", extra="ignore"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = config_file()
+        toml = (TomlConfigSettingsSource(settings_cls, toml_file=path),) if path else ()
+        return (init_settings, env_settings, *toml, file_secret_settings)
 
     #: SQLAlchemy URL. Default: SQLite file in the data dir. PostgreSQL:
     #: `postgresql+psycopg://user@host:5432/db` (`postgres://` and `postgresql://` are accepted).
@@ -285,6 +333,8 @@ class Settings(BaseSettings):
     #: Hosts a Slack webhook URL may point at (`host` or `host:port`), comma-separated.
     #: `http://` is accepted only for a loopback host listed here (local tests).
     slack_webhook_hosts: CsvList = Field(default_factory=lambda: ["hooks.slack.com"])
+    #: More allowed hosts on top of `slack_webhook_hosts` (which setting replaces the list).
+    slack_webhook_extra_hosts: CsvList = None
     #: Slack Web API base URL for bot-token subscriptions (tests point it at a fake).
     slack_api_url: str = "https://slack.com/api/"
     #: Where users reach this API: links in Slack messages point here.
@@ -321,7 +371,20 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
 
-    _split_hosts = field_validator("slack_webhook_hosts", mode="before")(_split_list)
+    _split_hosts = field_validator(
+        "slack_webhook_hosts", "slack_webhook_extra_hosts", mode="before"
+    )(_split_list)
+
+    @model_validator(mode="after")
+    def _extend_hosts(self) -> Settings:
+        extra = [
+            h
+            for h in self.slack_webhook_extra_hosts or []
+            if h not in (self.slack_webhook_hosts or [])
+        ]
+        if extra:
+            self.slack_webhook_hosts = [*(self.slack_webhook_hosts or []), *extra]
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -199,3 +199,35 @@ def test_version_and_short_help(env: dict[str, str]) -> None:
     assert run(env, "--version").stdout.strip() == f"broker {package_version()}"
     assert "Multi-cloud GPU capacity broker" in run(env, "-h").stdout
     assert "--expires-in" in run(env, "apikey", "create", "-h").stdout
+
+
+def test_one_config_file_for_every_command_env_over_file_secrets_masked(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {**env, "BROKER_DATA_DIR": str(data)}
+    (data / "broker.toml").write_text(
+        'public_url = "http://10.0.0.5:9000"\n'
+        'slack_webhook_extra_hosts = ["hooks.example.org"]\n'
+        "[lambda_cloud]\n"
+        'api_key = "sk-lambda-not-a-real-key-1234"\n'
+    )
+    shown = json.loads(run(env, "config", "show", "--json").stdout)
+    assert shown["config_file"] == str(data / "broker.toml")
+    settings = shown["settings"]
+    assert settings["public_url"] == "http://10.0.0.5:9000"
+    assert settings["slack_webhook_hosts"] == ["hooks.slack.com", "hooks.example.org"]
+    assert "sk-lambda" not in json.dumps(shown)
+    with_password = {**env, "BROKER_DATABASE_URL": "postgresql://u:hunter2pw@db:5432/x"}
+    assert "hunter2pw" not in run(with_password, "config", "show").stdout
+    # The environment wins over the file.
+    over = run({**env, "BROKER_PUBLIC_URL": "http://127.0.0.1:8123"}, "config", "show", "--json")
+    assert json.loads(over.stdout)["settings"]["public_url"] == "http://127.0.0.1:8123"
+    # --config names another file; a missing one is refused.
+    other = tmp_path / "other.toml"
+    other.write_text('public_url = "http://other:1"\n')
+    picked = run(env, "--config", str(other), "config", "show", "--json")
+    assert json.loads(picked.stdout)["settings"]["public_url"] == "http://other:1"
+    missing = run(env, "--config", str(tmp_path / "nope.toml"), "config", "show", ok=False)
+    assert missing.returncode == 2 and "no such config file" in missing.stderr
