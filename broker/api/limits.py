@@ -1,55 +1,54 @@
-"""Request body limits, enforced while the body streams in.
+"""Request body limits, enforced while the body streams in, before anything reads it.
 
-Every request body is counted before anything reads it: a `Content-Length` over the limit
-is refused at once, a body sent without one (chunked) is refused as soon as the bytes
-received pass the limit. Both happen before the API key is checked and before any JSON or
-CSV parsing, so an anonymous client cannot make the server buffer a large body. The limit
-is `max_csv_body_bytes` for the CSV imports (paths ending in `/import`) and
+Every request body is read here first, up to its limit: a `Content-Length` over the limit
+is refused at once, a body sent without one (chunked) as soon as the bytes received pass
+the limit. Both happen before the API key is checked and before any JSON or CSV parsing,
+so an anonymous client cannot make the server buffer more than the limit. The limit is
+`max_csv_body_bytes` for the CSV imports (paths ending in `/import`) and
 `max_json_body_bytes` for every other body. Answer: 413 `payload_too_large` in the API's
 error shape.
 
-The same pass refuses a body holding a NUL character (a raw 0 byte, or `\u0000` in JSON):
+A JSON body holding a NUL character (a raw 0 byte, or `\\u0000`) is refused here too:
 PostgreSQL cannot store one in a text column, and no name, note or URL needs one. Answer:
-422 `invalid_request`, for every text field of every body at once.
+422 `invalid_request` naming the first field that holds one, for every text field of every
+body at once. (The CSV imports refuse NUL bytes themselves, by line.)
 """
 
 from __future__ import annotations
 
-from starlette.exceptions import HTTPException
+import json
+from typing import Any
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api import errors
-
-
-def _message(limit: int) -> str:
-    return (
-        f"the request body is larger than {limit:,} bytes "
-        "(BROKER_MAX_JSON_BODY_BYTES / BROKER_MAX_CSV_BODY_BYTES)"
-    )
-
 
 #: A NUL as JSON writes it (the hex digits of an escape are case-insensitive, 0 has none).
 _JSON_NUL = b"\\u0000"
 
 
-class _HasNul(HTTPException):
-    def __init__(self) -> None:
-        super().__init__(
-            422, "text must not contain NUL characters (\\u0000): no field can store one"
-        )
-
-
-class _TooLarge(HTTPException):
-    """Raised from `receive` when the body passes the limit: an HTTPException, so that
-    FastAPI's body reading lets it through to the 413 handler instead of calling the body
-    malformed."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, _message(limit), headers={"Connection": "close"})
+def _nul_field(body: bytes) -> str:
+    """The dotted path of the first string of a JSON body holding a NUL (`body` if the body
+    is not JSON or no string value holds one, e.g. a key)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return "body"
+    queue: list[tuple[str, Any]] = [("", doc)]
+    while queue:
+        path, value = queue.pop(0)
+        if isinstance(value, str) and "\x00" in value:
+            return path or "body"
+        if isinstance(value, dict):
+            queue += [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            queue += [(f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value)]
+    return "body"
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over its limit (see the module docstring)."""
+    """ASGI middleware: 413 for a body over its limit, 422 for a JSON body holding a NUL
+    (see the module docstring); the app gets the body it would have read."""
 
     def __init__(self, app: ASGIApp, *, json_bytes: int, csv_bytes: int) -> None:
         self.app, self.json_bytes, self.csv_bytes = app, json_bytes, csv_bytes
@@ -65,41 +64,59 @@ class BodyLimit:
         limit = self._limit(scope)
         length = dict(scope.get("headers") or ()).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
-            await self._refuse(scope, receive, send, limit)
+            await _too_large(scope, receive, send, limit)
             return
+        chunks: list[bytes] = []
         seen = 0
-        tail = b""
-        started = False
-
-        async def counted() -> Message:
-            nonlocal seen, tail
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                chunk: bytes = message.get("body", b"")
-                seen += len(chunk)
-                if seen > limit:
-                    raise _TooLarge(limit)
-                window = tail + chunk  # an escape may straddle two chunks
-                if b"\x00" in chunk or _JSON_NUL in window:
-                    raise _HasNul
-                tail = window[-(len(_JSON_NUL) - 1) :]
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk: bytes = message.get("body", b"")
+            seen += len(chunk)
+            if seen > limit:
+                await _too_large(scope, receive, send, limit)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if limit == self.json_bytes and (b"\x00" in body or _JSON_NUL in body):
+            await _has_nul(scope, receive, send, _nul_field(body))
+            return
+        await self.app(scope, _replay(body, receive), send)
 
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
 
-        try:
-            await self.app(scope, counted, tracked)
-        except _TooLarge:
-            if started:
-                raise
-            await self._refuse(scope, receive, send, limit)
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the app the body read, then waits as the server would."""
+    given = False
 
-    @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        response = errors.error_response(413, "payload_too_large", _message(limit))
-        response.headers["Connection"] = "close"
-        await response(scope, receive, send)
+    async def again() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    response = errors.error_response(
+        413,
+        "payload_too_large",
+        f"the request body is larger than {limit:,} bytes "
+        "(BROKER_MAX_JSON_BODY_BYTES / BROKER_MAX_CSV_BODY_BYTES)",
+        headers={"Connection": "close"},
+    )
+    await response(scope, receive, send)
+
+
+async def _has_nul(scope: Scope, receive: Receive, send: Send, field: str) -> None:
+    response = errors.error_response(
+        422,
+        "invalid_request",
+        f"invalid {field}: text must not contain NUL characters (\\u0000); no field can store one",
+        [{"loc": f"body.{field}", "field": field, "message": "contains a NUL character"}],
+    )
+    await response(scope, receive, send)
