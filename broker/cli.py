@@ -44,6 +44,7 @@ from broker.pipeline import after_ingest
 from broker.polling import poll_source, replay_results
 from providers import base as provider_base
 from providers import replay as replay_provider
+from providers._recording import RecordingError, maybe_recording
 
 app = typer.Typer(
     help="Multi-cloud GPU capacity broker.",
@@ -276,10 +277,71 @@ def poll(
         typer.Argument(help="Providers to poll (default: every enabled one).", show_default=False),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            "--record",
+            metavar="DIR",
+            file_okay=False,
+            help="Also write each provider's raw HTTP exchanges, credentials removed, to "
+            "DIR/<provider>.jsonl; BROKER_<PROVIDER>__REPLAY_DIR=DIR replays them "
+            "(docs/recording.md).",
+        ),
+    ] = None,
 ) -> None:
     """Poll providers once and ingest what they return."""
     state = _state(ctx)
     engine = _ready_engine(state)
+    built, disabled = _build_sources(state, names)
+    report: dict[str, dict[str, Any]] = {}
+    events: Counter[str] = Counter()
+    for name, reason in disabled.items():
+        report[name] = {
+            "status": str(ProviderStatus.DISABLED),
+            "offers": 0,
+            "scope_errors": [],
+            "reason": reason,
+        }
+        if not as_json:
+            err.print(f"{name}: disabled — {reason}", highlight=False)
+    for name, source in built.items():
+        spinner = err.status(f"polling {name}…", spinner="dots") if err.is_terminal else None
+        with spinner or nullcontext(), maybe_recording(record) as recorded:
+            outcome = poll_source(engine, source, clock=state.clock)
+        _pipeline(state, engine)(outcome)
+        events.update(outcome.events)
+        report[name] = _poll_report(outcome)
+        for path, exchanges in recorded.files.values() if recorded else ():
+            report[name]["recording"] = str(path)
+            if not as_json:
+                err.print(f"{name}: recorded {exchanges} exchanges to {path}", highlight=False)
+        if not as_json:
+            ev = ", ".join(f"{k} {v}" for k, v in sorted(outcome.events.items())) or "no change"
+            typer.echo(f"{name}: {outcome.status}, {outcome.offers_seen} offers; {ev}")
+            for e in outcome.scope_errors:
+                err.print(f"  {e['scope']}: {e['code']}: {e['message']}", highlight=False)
+            _print_unrecognised(outcome.unrecognised)
+    if as_json:
+        typer.echo(json.dumps({"providers": report, "events": dict(sorted(events.items()))}))
+    if any(r["status"] == ProviderStatus.DEGRADED for r in report.values()):
+        raise typer.Exit(1)
+
+
+def _poll_report(outcome: IngestResult) -> dict[str, Any]:
+    return {
+        "status": str(outcome.status),
+        "offers": outcome.offers_seen,
+        "poll_id": outcome.poll_run_id,
+        "scope_errors": outcome.scope_errors,
+        "skipped": dict(sorted(outcome.skipped.items())),
+        "unrecognised": outcome.unrecognised,
+    }
+
+
+def _build_sources(
+    state: CliState, names: list[str] | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The adapters to poll (by name) and the disabled ones with the reason."""
     try:
         wanted = names or provider_base.provider_names()
         classes = {n: provider_base.get_provider_class(n) for n in wanted}
@@ -294,6 +356,8 @@ def poll(
             built[name] = cls.from_settings(state.settings, state.clock)
         except provider_base.ProviderDisabled as exc:
             disabled[name] = str(exc)
+        except (FileNotFoundError, RecordingError) as exc:  # BROKER_<NAME>__REPLAY_DIR
+            raise fail(f"{name}: {exc}") from None
     if "replay" in classes:
         if names or _replay_enabled(state.settings, bool(built)):
             try:
@@ -305,41 +369,7 @@ def poll(
                 "disabled because a cloud adapter is configured "
                 "(set BROKER_REPLAY__ENABLED=true to poll it too)"
             )
-
-    report: dict[str, dict[str, Any]] = {}
-    events: Counter[str] = Counter()
-    for name, reason in disabled.items():
-        report[name] = {
-            "status": str(ProviderStatus.DISABLED),
-            "offers": 0,
-            "scope_errors": [],
-            "reason": reason,
-        }
-        if not as_json:
-            err.print(f"{name}: disabled — {reason}", highlight=False)
-    for name, source in built.items():
-        with err.status(f"polling {name}…", spinner="dots") if err.is_terminal else nullcontext():
-            outcome = poll_source(engine, source, clock=state.clock)
-        _pipeline(state, engine)(outcome)
-        events.update(outcome.events)
-        report[name] = {
-            "status": str(outcome.status),
-            "offers": outcome.offers_seen,
-            "poll_id": outcome.poll_run_id,
-            "scope_errors": outcome.scope_errors,
-            "skipped": dict(sorted(outcome.skipped.items())),
-            "unrecognised": outcome.unrecognised,
-        }
-        if not as_json:
-            ev = ", ".join(f"{k} {v}" for k, v in sorted(outcome.events.items())) or "no change"
-            typer.echo(f"{name}: {outcome.status}, {outcome.offers_seen} offers; {ev}")
-            for e in outcome.scope_errors:
-                err.print(f"  {e['scope']}: {e['code']}: {e['message']}", highlight=False)
-            _print_unrecognised(outcome.unrecognised)
-    if as_json:
-        typer.echo(json.dumps({"providers": report, "events": dict(sorted(events.items()))}))
-    if any(r["status"] == ProviderStatus.DEGRADED for r in report.values()):
-        raise typer.Exit(1)
+    return built, disabled
 
 
 # -------------------------------------------------------------------------- offers

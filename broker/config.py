@@ -72,6 +72,9 @@ class ClientSettings(BaseModel):
     max_retry_after_s: float = Field(default=30.0, ge=0)
     #: Regions (or other scopes) polled at once.
     max_concurrency: int = Field(default=8, ge=1, le=64)
+    #: Serve every request from `<replay_dir>/<provider>.jsonl`, a recording made by
+    #: `broker poll --record`, instead of the network (docs/recording.md).
+    replay_dir: Path | None = None
 
 
 class AwsSettings(ClientSettings):

@@ -4,6 +4,8 @@ Owns what every such adapter would otherwise repeat: timeouts, bounded retries (
 its `Retry-After` when that is short enough, 5xx and dropped connections with exponential
 backoff), and the mapping of every failure onto the `ProviderError` tree with a message that
 names the call but never a secret (query strings are left out, known secrets are redacted).
+Every request goes through a `providers._recording.Tap`: recorded by `broker poll --record`,
+answered from a recording when `BROKER_<PROVIDER>__REPLAY_DIR` is set (docs/recording.md).
 Not an adapter: modules starting with `_` are helpers; `discover()` skips them.
 """
 
@@ -21,6 +23,8 @@ from typing import Any
 import httpx
 
 from broker.config import ClientSettings
+from providers._record_httpx import send_httpx
+from providers._recording import Tap
 from providers.base import (
     AuthFailed,
     MalformedResponse,
@@ -104,6 +108,7 @@ class JsonApi:
             transport=transport,
             follow_redirects=True,
         )
+        self.tap = Tap.for_settings(provider, settings, secrets=self.secrets)
 
     def close(self) -> None:
         self.client.close()
@@ -170,9 +175,10 @@ class JsonApi:
         with self._calls_lock:
             self.calls += 1
         try:
-            response = self.client.request(
+            request = self.client.build_request(
                 method, path, params=params, json=json_body, headers=headers
             )
+            response = send_httpx(self.tap, self.client, request)
             body = response.content
         except httpx.TimeoutException:
             raise ProviderTimeout(

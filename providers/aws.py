@@ -161,6 +161,8 @@ from broker.domain import (
     to_count,
     to_price,
 )
+from providers._record_botocore import placeholder_credentials, tap_botocore
+from providers._recording import Tap
 from providers.base import (
     AuthFailed,
     MalformedResponse,
@@ -823,12 +825,15 @@ class Aws:
         self._clients: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self._calls = 0
+        self._tap = Tap.for_settings(NAME, settings)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock) -> Aws:
         try:
             core = botocore.session.Session(profile=settings.aws.profile)
             tune_session(core)
+            if settings.aws.replay_dir is not None:  # a replay signs nothing for real
+                placeholder_credentials(core)
             session = boto3.session.Session(botocore_session=core)
             credentials = session.get_credentials()
         except bexc.ProfileNotFound:
@@ -877,6 +882,7 @@ class Aws:
                     config=self._config,
                 )
                 client.meta.events.register("before-send", self._count_call)
+                tap_botocore(client.meta.events, self._tap)
                 self._clients[(service, region)] = client
         return client
 

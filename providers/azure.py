@@ -185,6 +185,8 @@ from providers._azure_sizes import (
 from providers._azure_sizes import retired_series as retired_series
 from providers._azure_sizes import series_gpu as series_gpu
 from providers._http import BACKOFF_BASE_S, JsonApi, parse_retry_after
+from providers._record_requests import PlaceholderCredential, azure_transport
+from providers._recording import Tap
 from providers.base import (
     AuthFailed,
     MalformedResponse,
@@ -528,6 +530,7 @@ class Azure:
         client_kwargs: dict[str, Any] = {"retry_total": 0}
         if settings.base_url:
             client_kwargs["base_url"] = settings.base_url.rstrip("/")
+        client_kwargs["transport"] = azure_transport(Tap.for_settings(NAME, settings))
         self.compute = ComputeManagementClient(self.credential, subscription_id, **client_kwargs)
         self.arm_host = urlsplit(settings.base_url or "https://management.azure.com").hostname
         self._call_kwargs: dict[str, Any] = {
@@ -564,7 +567,9 @@ class Azure:
         return cls(
             cfg,
             subscription_id=cfg.subscription_id,
-            credential=DefaultAzureCredential(),
+            credential=(
+                PlaceholderCredential() if cfg.replay_dir is not None else DefaultAzureCredential()
+            ),
             clock=clock,
         )
 

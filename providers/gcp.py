@@ -132,6 +132,8 @@ from providers._gcp_offers import (
 )
 from providers._gcp_skus import MAX_NOTES, PriceBook, model_words
 from providers._http import BACKOFF_BASE_S, JsonApi, parse_retry_after
+from providers._record_requests import placeholder_google_credentials, tap_google_clients
+from providers._recording import Tap
 from providers.base import (
     AuthFailed,
     MalformedResponse,
@@ -277,6 +279,12 @@ class Gcp:
         self.accelerator_types_client = compute_v1.AcceleratorTypesClient(**common)
         self.machine_types_client = compute_v1.MachineTypesClient(**common)
         self.regions_client = compute_v1.RegionsClient(**common)
+        tap_google_clients(
+            Tap.for_settings(NAME, settings),
+            self.accelerator_types_client,
+            self.machine_types_client,
+            self.regions_client,
+        )
         self.billing = JsonApi(
             NAME,
             settings.billing_endpoint or BILLING_URL,
@@ -298,6 +306,9 @@ class Gcp:
                 "GCP disabled: set BROKER_GCP__PROJECT and Application Default Credentials "
                 "(GOOGLE_APPLICATION_CREDENTIALS or gcloud auth application-default login)"
             )
+        if cfg.replay_dir is not None:  # a replay sends nothing: no credentials needed
+            anonymous = placeholder_google_credentials()
+            return cls(cfg, project=cfg.project, credentials=anonymous, clock=clock)
         try:
             credentials, _ = google.auth.default(scopes=SCOPES)
         except google.auth.exceptions.DefaultCredentialsError as exc:
