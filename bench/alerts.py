@@ -7,7 +7,7 @@ subscriptions of varied shape (GPU models, jurisdictions, caps, markets, provide
   (rescoring nothing, matching 1,000 subscriptions, writing the outbox), events/s.
 - latency, embedded: rounds over that market in which one Lambda offer is withdrawn and the
   next round brought back (re-entering every match set it was in); `after_ingest` runs as
-  `broker serve` runs it; latency = fake Slack (slack_sdk → 127.0.0.1) accepting each
+  `broker serve` runs it; latency = fake Slack (httpx → 127.0.0.1) accepting each
   message − the ingest that wrote the event committing. p50/p99 over all messages.
 - latency, Celery: the same rounds with a real `broker worker` (prefork, 2 processes) on
   Redis and PostgreSQL; the bench process ingests and enqueues `broker.process_events`

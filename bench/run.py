@@ -382,7 +382,7 @@ def _alert_lines(r: dict[str, Any] | None) -> list[str]:
     lines += [
         "",
         "Poll-to-Slack latency: 40 Lambda polls in which one offer is withdrawn and then",
-        "returns (re-entering every match set it was in); latency = the fake Slack (slack_sdk",
+        "returns (re-entering every match set it was in); latency = the fake Slack (httpx",
         "over 127.0.0.1) accepting a message − the ingest that wrote its event committing.",
         "",
         "| mode | messages | p50 ms | p99 ms | max ms | target p99 |",

@@ -304,7 +304,8 @@ class PollResult:
 
 #: Shapes of secrets that may turn up in an SDK's error text or a log line: bearer tokens,
 #: key=... query parameters, AWS access key ids, SAS/signature parameters, Slack webhook
-#: paths and tokens, the broker's own API keys.
+#: paths (incoming `/services/...`, workflow `/triggers/...` and `/workflows/...`) and
+#: tokens, the broker's own API keys.
 _SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(
@@ -312,7 +313,7 @@ _SECRET_PATTERNS = (
         r"signature|x-amz-security-token|x-amz-signature)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"
     ),
     re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
-    re.compile(r"(/services/)[A-Za-z0-9_/-]+"),
+    re.compile(r"(/(?:services|triggers|workflows)/)[A-Za-z0-9_/-]+"),
     re.compile(r"\bxox[abprse]-[A-Za-z0-9-]+"),
     re.compile(r"\bgpb_[A-Za-z0-9_-]+"),
 )

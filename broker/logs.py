@@ -3,8 +3,8 @@ human text or one JSON object per line (`BROKER_LOG_FORMAT=json`), secrets redac
 every record whatever its logger (our own, an SDK's, httpx's, Celery's).
 
 Redaction (`broker.domain.redact`) runs on the final message and on the extra fields: bearer
-tokens, `key=`/`token=` parameters, AWS key ids, Slack webhook paths and tokens, broker API
-keys become `***`.
+tokens, `key=`/`token=` parameters, AWS key ids, Slack webhook paths (`/services/`,
+`/triggers/`, `/workflows/`) and tokens, broker API keys become `***`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""`/v1/subscriptions` over HTTP, with slack_sdk talking to a local fake Slack: CRUD,
-secrets write-only and encrypted at rest, the allow-list, test messages, Slack's errors
-(disable on gone, retry on 429/5xx), team isolation and roles."""
+"""`/v1/subscriptions` over HTTP, with the broker's sender talking to a local fake Slack:
+CRUD, secrets write-only and encrypted at rest, the allow-list and Slack's URL shapes, test
+messages, Slack's errors (disable on gone, retry on 429/5xx), redirects never followed,
+stored URLs that cannot be sent, team isolation and roles."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from broker.db import session_scope
 from broker.models import AlertDelivery, AlertMatch, AlertSubscription, StoredOffer
 from broker.polling import ReplaySummary
 from tests.api.conftest import Clock, Keys, TestClient, bearer
-from tests.fakes.http import FakeResponse
+from tests.fakes.http import FakeResponse, closed_port
 from tests.fakes.slack import FakeSlack, slack, text_response
 
 
@@ -36,6 +37,10 @@ def settings(tmp_path: Path, fake_slack: FakeSlack) -> Settings:
         slack_webhook_hosts=["hooks.slack.com", fake_slack.host],
         slack_api_url=fake_slack.api_url,
     )
+
+
+#: A well-formed webhook URL on an allowed host; the tests bend it.
+HOOK = "https://hooks.slack.com/services/T0AAA/B0BBB/SECRETpw"
 
 
 def webhook_body(url: str, **kw: Any) -> dict[str, Any]:
@@ -255,8 +260,8 @@ def test_an_answer_cut_off_mid_body_is_retried_with_backoff_and_sent_once(
     clock: Clock,
     settings: Settings,
 ) -> None:
-    """slack_sdk lets `http.client.IncompleteRead` through (a 500 whose body breaks off):
-    a transient send error, not an exception out of the delivery."""
+    """A 500 whose body breaks off (the connection closes before its Content-Length): a
+    transient send error, not an exception out of the delivery."""
     from broker import alerts
 
     url = fake_slack.webhook()
@@ -269,7 +274,7 @@ def test_an_answer_cut_off_mid_body_is_retried_with_backoff_and_sent_once(
     assert r.status_code == 200, r.text
     out = r.json()
     assert (out["state"], out["attempts"]) == ("pending", 1)
-    assert out["last_error"] == "webhook: answer cut off (IncompleteRead)"
+    assert out["last_error"] == "webhook: answer cut off (RemoteProtocolError)"
     assert out["next_attempt_at"].startswith(
         (clock() + timedelta(seconds=settings.alerts.backoff_base_s)).strftime("%Y-%m-%dT%H:%M:%S")
     )
@@ -322,6 +327,23 @@ def test_gives_up_after_max_attempts(
             "webhook_host_not_allowed",
         ),
         ({"channel": {"type": "slack_webhook", "url": "file:///etc/passwd"}}, "invalid_webhook"),
+        # URLs some HTTP layer strips, re-encodes or refuses: the URL called would not be the
+        # URL stored (then a 500 on /test, a row stuck `sending`).
+        ({"channel": {"type": "slack_webhook", "url": " " + HOOK}}, "invalid_webhook"),
+        ({"channel": {"type": "slack_webhook", "url": HOOK + "\t"}}, "invalid_webhook"),
+        # (A NUL is refused by the body check before: `broker.api.limits`.)
+        ({"channel": {"type": "slack_webhook", "url": HOOK + "\u0000"}}, "invalid_request"),
+        ({"channel": {"type": "slack_webhook", "url": HOOK + "\u00e9"}}, "invalid_webhook"),
+        ({"channel": {"type": "slack_webhook", "url": HOOK + "?x=1"}}, "invalid_webhook"),
+        # Not a path shape Slack issues (a legacy workflow webhook has four segments).
+        (
+            {"channel": {"type": "slack_webhook", "url": HOOK.replace("services", "workflows")}},
+            "invalid_webhook",
+        ),
+        (
+            {"channel": {"type": "slack_webhook", "url": "https://hooks.slack.com/x/SECRETpw"}},
+            "invalid_webhook",
+        ),
         ({"channel": {"type": "email", "to": "a@b"}}, "invalid_request"),
         ({"filter": {"gpu_models": ["H1000"]}}, "invalid_request"),
         ({"filter": {"regions": ["eu-west-1"] * 101}}, "invalid_request"),
@@ -340,7 +362,7 @@ def test_bad_bodies_are_422_with_a_reason_and_write_nothing(
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == code
     assert r.json()["error"]["message"]
-    assert "passwd" not in r.text  # the refused URL is not echoed in full
+    assert "passwd" not in r.text and "SECRET" not in r.text  # the URL is not echoed
     assert count(engine, AlertSubscription) == 0
 
 
@@ -380,3 +402,105 @@ def test_isolation_roles_and_delete(
     assert client.delete(f"/v1/subscriptions/{sid}", headers=bearer(keys.member)).status_code == 204
     assert client.get(f"/v1/subscriptions/{sid}", headers=bearer(keys.member)).status_code == 404
     assert count(engine, AlertMatch) == 0
+
+
+#: Where a redirect points: an internal service the broker can reach but Slack users must not.
+INTERNAL = "/latest/meta-data/iam/security-credentials/broker"
+
+
+@pytest.mark.parametrize("status", [302, 307])
+@pytest.mark.parametrize("port", ["open", "closed"])
+def test_a_webhook_redirect_is_never_followed_and_disables_the_subscription(
+    client: TestClient, keys: Keys, fake_slack: FakeSlack, status: int, port: str
+) -> None:
+    """An allowed webhook host answers a redirect to an internal address: nothing reaches
+    it, the alert fails with a fixed reason (no Location, no body) that is the same whether
+    the port pointed at is open or closed, and the subscription is disabled."""
+    for method in ("GET", "POST"):
+        fake_slack.server.route(method, INTERNAL, text_response(200, "ok"))
+    base = fake_slack.server.url if port == "open" else f"http://127.0.0.1:{closed_port()}"
+    url = fake_slack.webhook()
+    sid = client.post(
+        "/v1/subscriptions", json=webhook_body(url), headers=bearer(keys.member)
+    ).json()["id"]
+    fake_slack.redirect(url, base + INTERNAL, status)
+
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member))
+    assert r.status_code == 200, r.text
+    reason = f"webhook answered {status}: a redirect, never followed"
+    assert (r.json()["state"], r.json()["attempts"], r.json()["last_error"]) == (
+        "failed",
+        1,
+        reason,
+    )
+    sub = client.get(f"/v1/subscriptions/{sid}", headers=bearer(keys.member)).json()
+    assert (sub["state"], sub["disabled_reason"]) == ("disabled", reason)
+    assert fake_slack.server.requests_to(INTERNAL) == [] and fake_slack.messages == []
+    assert len(fake_slack.to(url)) == 0 and len(fake_slack.server.requests) == 1
+
+
+def test_the_web_api_redirecting_is_never_followed_either(
+    client: TestClient, keys: Keys, fake_slack: FakeSlack
+) -> None:
+    from tests.fakes.slack import POST_MESSAGE
+
+    fake_slack.server.route("GET", INTERNAL, text_response(200, '{"ok": true}'))
+    token = fake_slack.bot_token()
+    body = webhook_body("", channel={"type": "slack_bot", "token": token, "channel": "#gpu-alerts"})
+    sid = client.post("/v1/subscriptions", json=body, headers=bearer(keys.member)).json()["id"]
+    fake_slack.redirect(POST_MESSAGE, fake_slack.server.url + INTERNAL, 302)
+
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member)).json()
+    reason = "Slack API answered 302: a redirect, never followed"
+    assert (r["state"], r["last_error"]) == ("failed", reason)
+    sub = client.get(f"/v1/subscriptions/{sid}", headers=bearer(keys.member)).json()
+    assert (sub["state"], sub["disabled_reason"]) == ("disabled", reason)
+    assert fake_slack.server.requests_to(INTERNAL) == [] and fake_slack.messages == []
+
+
+def store_webhook(engine: Engine, settings: Settings, subscription_id: int, url: str) -> None:
+    """Seal `url` into a subscription as an older broker, which checked less, stored it."""
+    from broker.secrets import SecretBox
+
+    with session_scope(engine) as s:
+        s.execute(
+            text("UPDATE alert_subscriptions SET channel_secret = :c WHERE id = :i"),
+            {"c": SecretBox(settings).seal(url), "i": subscription_id},
+        )
+
+
+@pytest.mark.parametrize(
+    ("bend", "reason"),
+    [
+        (lambda url: " " + url, "a space at position 1"),
+        (lambda url: url + "\u00e9", "a non-ASCII character"),
+        (lambda url: url + "\x00", "whitespace or a control character"),
+        (lambda url: url.replace("/services/", "/hooks/"), "not one Slack issues"),
+    ],
+)
+def test_a_stored_url_that_cannot_be_sent_fails_and_disables_without_a_call(
+    client: TestClient,
+    keys: Keys,
+    engine: Engine,
+    fake_slack: FakeSlack,
+    settings: Settings,
+    bend: Callable[[str], str],
+    reason: str,
+) -> None:
+    """Stored before the check was strict: `/test` answers (no 500), the delivery ends
+    `failed` (never stuck `sending`), the subscription is disabled, nothing is called."""
+    url = fake_slack.webhook()
+    sid = client.post(
+        "/v1/subscriptions", json=webhook_body(url), headers=bearer(keys.member)
+    ).json()["id"]
+    store_webhook(engine, settings, sid, bend(url))
+
+    r = client.post(f"/v1/subscriptions/{sid}/test", headers=bearer(keys.member))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["state"], out["attempts"]) == ("failed", 0)
+    assert out["last_error"].startswith("the stored webhook URL is refused: ")
+    assert reason in out["last_error"] and url.rsplit("/", 1)[1] not in r.text
+    sub = client.get(f"/v1/subscriptions/{sid}", headers=bearer(keys.member)).json()
+    assert (sub["state"], sub["disabled_reason"]) == ("disabled", out["last_error"])
+    assert fake_slack.server.requests == []

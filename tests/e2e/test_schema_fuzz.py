@@ -81,7 +81,10 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             json={
                 "name": "fuzz",
                 "filter": {"gpu_models": ["H100"]},
-                "channel": {"type": "slack_webhook", "url": "https://hooks.slack.com/services/x"},
+                "channel": {
+                    "type": "slack_webhook",
+                    "url": "https://hooks.slack.com/services/T0/B0/x",
+                },
             },
         )
     yield LIVE

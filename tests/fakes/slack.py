@@ -1,4 +1,5 @@
-"""A local fake Slack speaking the wire format slack_sdk talks to.
+"""A local fake Slack speaking the wire format the broker's sender talks (JSON over HTTP,
+`broker.alerts.slack`).
 
 - Incoming webhooks: `POST /services/T.../B.../<secret>` with a JSON body; `200 ok` as
   text, or Slack's documented errors as status + plain-text body: the "Handling errors"
@@ -9,6 +10,10 @@
   `403 posting_to_general_channel_denied` — "You'll receive this error with a HTTP 403" —,
   `403 invalid_token`, `404 no_service`, `410 channel_is_archived`, `500 rollup_error`...),
   429 with `Retry-After`.
+- Workflow webhooks: `POST /triggers/T.../<digits>/<secret>` (Workflow Builder's webhook
+  triggers, docs.slack.dev/tools/slack-github-action/sending-techniques/sending-data-
+  webhook-slack-workflow) and the legacy `POST /workflows/T.../A.../<digits>/<secret>`,
+  a JSON object of variables; `200 {"ok": true}` (@slack/webhook `WebhookTriggerResult`).
 - Web API: `POST /api/chat.postMessage` with `Authorization: Bearer <token>`; HTTP 200 with
   `{"ok": true, "channel", "ts", "message"}` or `{"ok": false, "error": "invalid_auth" |
   "channel_not_found" | ...}` (https://docs.slack.dev/reference/methods/chat.postMessage:
@@ -16,11 +21,12 @@
   "error": "ratelimited"}`.
 
 `refuse(target, error)` makes a webhook or bot channel answer a documented error from then
-on (an admin restricted #general, the channel was archived...); `cut_off_answers` cuts off
-the answers to the next accepted messages mid-body (Slack has the message, the sender sees
-`IncompleteRead`). `messages` holds what Slack accepted (and would show), in order;
-`server.requests` every request, faults included. One-off faults are queued with
-`server.fail(...)` (see tests.fakes.http).
+on (an admin restricted #general, the channel was archived...); `redirect(target,
+location)` makes a webhook or the Web API answer a redirect from then on (a hijacked or
+misconfigured host); `cut_off_answers` cuts off the answers to the next accepted messages
+mid-body (Slack has the message, the sender's read breaks off). `messages` holds what Slack
+accepted (and would show), in order; `server.requests` every request, faults included.
+One-off faults are queued with `server.fail(...)` (see tests.fakes.http).
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ class SlackMessage:
 def text_response(
     status: int, text: str, headers: dict[str, str] | None = None, *, truncate: bool = False
 ) -> FakeResponse:
-    """A webhook answer; `truncate` cuts its body off halfway (`IncompleteRead`)."""
+    """A webhook answer; `truncate` cuts its body off halfway (the connection closes before
+    the Content-Length announced)."""
     return FakeResponse(
         status,
         body=text.encode(),
@@ -104,6 +111,24 @@ class FakeSlack:
         path = f"/services/T0FAKE/B{name.upper()}/{secrets.token_urlsafe(18)}"
         self.server.route("POST", path, self._webhook)
         return self.server.url + path
+
+    def trigger(self, name: str = "workflow", *, legacy: bool = False) -> str:
+        """A new workflow webhook URL served by this fake: a webhook trigger
+        (`/triggers/T.../<digits>/<secret>`), or with `legacy` a Workflow Builder webhook
+        (`/workflows/T.../A.../<digits>/<secret>`)."""
+        digits = str(secrets.randbelow(10**12)).zfill(12)
+        tail = f"{digits}/{secrets.token_urlsafe(18)}"
+        kind = f"/workflows/T0FAKE/A{name.upper()}" if legacy else "/triggers/T0FAKE"
+        path = f"{kind}/{tail}"
+        self.server.route("POST", path, self._trigger)
+        return self.server.url + path
+
+    def redirect(self, target: str, location: str, status: int = 302) -> None:
+        """From now on, answer every post to `target` (a webhook URL or path, or
+        `POST_MESSAGE`) with a redirect to `location` and a body of its own."""
+        body = f'<html><a href="{location}">moved</a></html>'
+        answer = FakeResponse(status, body=body.encode(), headers={"Location": location})
+        self.server.route("POST", self._target(target), answer)
 
     def bot_token(self) -> str:
         token = "xoxb-1-" + secrets.token_hex(12)
@@ -159,6 +184,15 @@ class FakeSlack:
         if not body.get("text") and not body.get("blocks"):
             return text_response(400, "no_text")
         return self._accept(req.path, body, text_response(200, "ok"))
+
+    def _trigger(self, req: FakeRequest) -> FakeResponse:
+        try:
+            body = json.loads(req.body)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return FakeResponse(400, json={"ok": False, "error": "invalid_payload"})
+        return self._accept(req.path, body, FakeResponse(json={"ok": True}))
 
     def _post_message(self, req: FakeRequest) -> FakeResponse:
         auth = req.headers.get("authorization", "")

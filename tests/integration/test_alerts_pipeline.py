@@ -1,32 +1,36 @@
 """Alerts end to end in embedded mode (SQLite and PostgreSQL): real snapshots replayed as
-polls, the pipeline matching subscriptions, slack_sdk posting to a local fake Slack; the
-messages expected are computed from the snapshot CSVs by a small model of the rules, not by
-the broker's code."""
+polls, the pipeline matching subscriptions, the broker's sender posting to a local fake
+Slack; the messages expected are computed from the snapshot CSVs by a small model of the
+rules, not by the broker's code. Also: a subscription that cannot be sent or a send that
+crashes stops nobody else's alerts; workflow webhooks; and due times, claims and the
+sweep's cut-offs judged by the database's clock, whatever the worker's clock says."""
 
 from __future__ import annotations
 
 import csv
 import functools
+import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from broker import alerts
 from broker.auth import get_or_create_team
 from broker.config import Settings
 from broker.db import session_scope
+from broker.domain import Clock, utcnow
 from broker.models import AlertDelivery, AlertSubscription, PollRun
 from broker.offers import IngestResult
-from broker.pipeline import after_ingest, sweep_embedded
+from broker.pipeline import after_ingest, deliver_pending, sweep_embedded
 from broker.polling import replay_results
 from providers import replay
-from tests.fakes.slack import FakeSlack, slack
+from tests.fakes.slack import FakeSlack, slack, text_response
 
 A, B = "2026-05-01", "2026-05-08T1849"
 DROP = Decimal("0.05")
@@ -412,7 +416,7 @@ def test_a_permanent_refusal_disables_the_subscription_and_nothing_more_is_sent(
 def test_an_answer_cut_off_mid_body_is_retried_and_delivered_once(
     engine: Engine, tmp_path: Path, data_dir: Path, fake_slack: FakeSlack, kind: str
 ) -> None:
-    """`http.client.IncompleteRead` while reading Slack's answer. Cut off before Slack took
+    """The connection closes mid-body while reading Slack's answer. Cut off before Slack took
     the message (a broken error answer): the send is retried after the backoff and delivered
     once. Cut off after Slack accepted it (what arrived is Slack's success answer): it
     counts as sent and is never sent again."""
@@ -429,12 +433,12 @@ def test_an_answer_cut_off_mid_body_is_retried_and_delivered_once(
         path = url.split(str(fake_slack.server.port), 1)[1]
         target = path
         broken = text_response(500, "rollup_error", truncate=True)
-        fragment = "webhook: answer cut off (IncompleteRead)"
+        fragment = "webhook: answer cut off (RemoteProtocolError)"
     else:
         channel = {"type": kind, "token": fake_slack.bot_token(), "channel": "#gpu-alerts"}
         path, target = POST_MESSAGE, "#gpu-alerts"
         broken = FakeResponse(json={"ok": False, "error": "internal_error"}, truncate=True)
-        fragment = "Slack API: answer cut off (IncompleteRead)"
+        fragment = "Slack API: answer cut off (RemoteProtocolError)"
     sid = subscribe_to(engine, settings, "lambda-a100-eu", channel, now)
 
     # 1. The answer breaks off before Slack took the message: retried later, sent once.
@@ -459,3 +463,231 @@ def test_an_answer_cut_off_mid_body_is_retried_and_delivered_once(
     assert len(fake_slack.server.requests_to(path)) == 3
     assert len(fake_slack.messages) == 2
     assert deliveries(engine, sid) == [(alerts.SENT, None), (alerts.SENT, None)]
+
+
+def store_webhook(engine: Engine, settings: Settings, subscription_id: int, url: str) -> None:
+    """Seal `url` into a subscription as an older broker, which checked less, stored it."""
+    from broker.secrets import SecretBox
+
+    with session_scope(engine) as session:
+        session.execute(
+            update(AlertSubscription)
+            .where(AlertSubscription.id == subscription_id)  # type: ignore[arg-type]
+            .values(channel_secret=SecretBox(settings).seal(url))
+        )
+
+
+@pytest.mark.parametrize(
+    "bend",
+    [
+        lambda url: " " + url,  # slack_sdk raised `Invalid URL detected: <the URL>`
+        lambda url: url + "é",  # urllib raised UnicodeEncodeError
+        lambda url: url + "\x00",  # http.client raised InvalidURL
+        lambda url: url.replace("/services/", "/services/\t"),
+    ],
+)
+def test_a_subscription_that_cannot_be_sent_never_stops_a_replay_alerting_the_others(
+    engine: Engine,
+    tmp_path: Path,
+    data_dir: Path,
+    fake_slack: FakeSlack,
+    bend: Callable[[str], str],
+) -> None:
+    """A webhook URL stored before the check was strict, on the first subscription of the
+    batch: its delivery fails and the subscription is disabled, with a reason that does not
+    echo the URL; the replay goes on and its twin gets the alert."""
+    settings = Settings(data_dir=tmp_path, slack_webhook_hosts=[fake_slack.host])
+    now = datetime(2026, 5, 9, tzinfo=UTC)
+    broken_url = fake_slack.webhook("broken")
+    broken = subscribe_to(
+        engine, settings, "lambda-a100-eu", {"type": "slack_webhook", "url": broken_url}, now
+    )
+    store_webhook(engine, settings, broken, bend(broken_url))
+    twin_url = fake_slack.webhook("twin")
+    subscribe_to(
+        engine, settings, "lambda-a100-eu", {"type": "slack_webhook", "url": twin_url}, now
+    )
+
+    play(engine, settings, data_dir, A, now)
+
+    assert len(fake_slack.to(twin_url)) == 1
+    assert [r.path for r in fake_slack.server.requests] == [fake_slack.to(twin_url)[0].target]
+    [(state, last_error)] = deliveries(engine, broken)
+    assert state == alerts.FAILED and last_error is not None
+    assert last_error.startswith("the stored webhook URL is refused: the webhook URL has")
+    assert broken_url.rsplit("/", 1)[1] not in last_error
+    with session_scope(engine) as session:
+        sub = session.get(AlertSubscription, broken)
+        assert sub is not None and (sub.state, sub.disabled_reason) == (alerts.DISABLED, last_error)
+
+
+def test_a_send_that_crashes_is_recorded_and_the_others_are_still_sent(
+    engine: Engine, tmp_path: Path, fake_slack: FakeSlack
+) -> None:
+    """A row the sender cannot handle (here one an older version wrote without `text`):
+    it ends `failed` with the exception's name, not `sending` for ever, and the rows after
+    it in the same call are sent."""
+    settings = Settings(data_dir=tmp_path, slack_webhook_hosts=[fake_slack.host])
+    now = datetime.now(UTC)
+    url = fake_slack.webhook()
+    sid = subscribe_to(
+        engine, settings, "lambda-h100-eu", {"type": "slack_webhook", "url": url}, now
+    )
+    with session_scope(engine) as session:
+        sub = session.get(AlertSubscription, sid)
+        assert sub is not None
+        odd = alerts.enqueue_test(session, sub, settings)
+        good = alerts.enqueue_test(session, sub, settings)
+        session.execute(
+            update(AlertDelivery)
+            .where(AlertDelivery.id == odd)  # type: ignore[arg-type]
+            .values(payload={"blocks": []})
+        )
+
+    result = deliver_pending(engine, [odd, good], settings)
+
+    assert result["states"] == {"failed": 1, "sent": 1}
+    assert deliveries(engine, sid) == [
+        (alerts.FAILED, "the send crashed (KeyError); not resent"),
+        (alerts.SENT, None),
+    ]
+    assert len(fake_slack.to(url)) == 1
+
+
+@pytest.fixture
+def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """DEBUG logs as JSON lines on the captured stderr (`broker.logs`), the root logger
+    restored after."""
+    from broker.logs import configure_logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configure_logging("DEBUG", "json")
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_workflow_webhook_gets_the_text_and_its_path_is_masked_in_the_logs(
+    engine: Engine,
+    tmp_path: Path,
+    data_dir: Path,
+    fake_slack: FakeSlack,
+    json_logs: None,
+    capsys: pytest.CaptureFixture[str],
+    legacy: bool,
+) -> None:
+    """Workflow webhooks (`/triggers/...`, `/workflows/...`) take flat string variables: the
+    alert is posted as `{"text"}`. The request line httpx logs carries the URL: its path is
+    masked like an incoming webhook's."""
+    settings = Settings(data_dir=tmp_path, slack_webhook_hosts=[fake_slack.host])
+    now = datetime(2026, 5, 9, tzinfo=UTC)
+    url = fake_slack.trigger("alerts", legacy=legacy)
+    subscribe_to(engine, settings, "lambda-h100-eu", {"type": "slack_webhook", "url": url}, now)
+
+    play(engine, settings, data_dir, A, now)
+
+    [msg] = fake_slack.to(url)
+    expected = matching(data_dir, A, SUBS["lambda-h100-eu"]["model"])
+    assert msg.text.startswith(f"{len(expected)} new ") and msg.blocks == []
+    [request] = fake_slack.server.requests
+    assert set(request.json()) == {"text"}
+    logs = capsys.readouterr().err
+    shape = "/workflows/" if legacy else "/triggers/"
+    assert f"POST {fake_slack.server.url}{shape}***" in logs
+    assert url.rsplit("/", 1)[1] not in logs and "T0FAKE" not in logs
+
+
+class WrongProcessClock:
+    """This process's own clock, `skew` off the database's (NTP broke, a VM resumed). Not a
+    simulation: `process_clock` says so, so it only stamps (`broker.alerts.clock`)."""
+
+    process_clock = True
+
+    def __init__(self, skew: timedelta) -> None:
+        self.skew = skew
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.skew
+
+
+def ingest_only(engine: Engine, data_dir: Path, snapshot: str, clock: Clock) -> IngestResult:
+    """Ingest `snapshot` as a poll stamped by `clock`, its processing task lost."""
+    got: list[IngestResult] = []
+    result = replay.read_snapshot(data_dir / "offers" / snapshot, fetched_at=clock())
+    replay_results(engine, [(snapshot, result)], clock=clock, after=got.append)
+    return got[0]
+
+
+def hold_claim(engine: Engine, delivery_id: int, until_s: float) -> None:
+    """Leave a row `sending`, claimed until `until_s` from now in the database's time."""
+    with session_scope(engine) as session:
+        conn = session.connection()
+        until = alerts.database_now(conn) + timedelta(seconds=until_s)
+        conn.execute(
+            update(AlertDelivery)
+            .where(AlertDelivery.id == delivery_id)  # type: ignore[arg-type]
+            .values(state=alerts.SENDING, claimed_until=until)
+        )
+
+
+def test_a_worker_whose_clock_is_ten_minutes_behind_delivers_every_due_alert(
+    engine: Engine, tmp_path: Path, data_dir: Path, fake_slack: FakeSlack
+) -> None:
+    """Due times, claims and the sweep's cut-offs are judged by the database's clock: a
+    process whose clock runs 10 minutes behind finds a batch lost 2 minutes ago, sends what
+    it matched, sends the retry of a 503 once it is due, sends a test message a healthy
+    process queued, and marks a send cut off a second ago `unconfirmed`."""
+    settings = Settings(data_dir=tmp_path, slack_webhook_hosts=[fake_slack.host])
+    settings.alerts.sweep_grace_s = 60
+    settings.alerts.backoff_base_s = 0.001  # a 503 is due again at once
+    behind = WrongProcessClock(timedelta(minutes=-10))
+    urls = subscribe(engine, settings, fake_slack, ["lambda-a100-eu", "lambda-h100-eu"])
+    flaky = urls["lambda-a100-eu"].split(str(fake_slack.server.port), 1)[1]
+    fake_slack.server.fail("POST", flaky, text_response(503, "service_unavailable"))
+    ingest_only(engine, data_dir, A, lambda: datetime.now(UTC) - timedelta(minutes=2))
+
+    first = sweep_embedded(engine, settings, behind)
+    assert first == {"batches": 1, "sent": 1, "unconfirmed": 0}
+    assert sweep_embedded(engine, settings, behind) == {"batches": 0, "sent": 1, "unconfirmed": 0}
+    assert {name: len(fake_slack.to(url)) for name, url in urls.items()} == {
+        "lambda-a100-eu": 1,
+        "lambda-h100-eu": 1,
+    }
+
+    with session_scope(engine) as session:
+        sub = session.execute(select(AlertSubscription).limit(1)).scalar_one()
+        queued = alerts.enqueue_test(session, sub, settings)  # by a healthy process
+        cut = alerts.enqueue_test(session, sub, settings)
+    assert alerts.deliver(engine, queued, settings, behind).sent
+    hold_claim(engine, cut, -1.0)  # its sender died a second ago, mid-call
+    assert sweep_embedded(engine, settings, behind)["unconfirmed"] == 1
+    assert len(fake_slack.messages) == 3
+
+
+def test_a_worker_whose_clock_is_ten_minutes_ahead_sends_nothing_early(
+    engine: Engine, tmp_path: Path, data_dir: Path, fake_slack: FakeSlack
+) -> None:
+    """The other way round: a process 10 minutes ahead keeps Slack's Retry-After, leaves a
+    batch ingested just now to its own task, and a send in progress to its sender."""
+    settings = Settings(data_dir=tmp_path, slack_webhook_hosts=[fake_slack.host])
+    settings.alerts.sweep_grace_s = 60
+    ahead = WrongProcessClock(timedelta(minutes=10))
+    [url] = subscribe(engine, settings, fake_slack, ["lambda-h100-eu"]).values()
+    path = url.split(str(fake_slack.server.port), 1)[1]
+    fake_slack.server.fail("POST", path, text_response(429, "rate_limited", {"Retry-After": "60"}))
+    with session_scope(engine) as session:
+        sub = session.execute(select(AlertSubscription)).scalar_one()
+        limited = alerts.enqueue_test(session, sub, settings)
+        sending = alerts.enqueue_test(session, sub, settings)
+    assert alerts.deliver(engine, limited, settings).state == alerts.PENDING  # a healthy worker
+    hold_claim(engine, sending, 60.0)  # a healthy worker is sending it now
+    ingest_only(engine, data_dir, A, utcnow)
+
+    early = alerts.deliver(engine, limited, settings, ahead)
+    assert early.state == alerts.PENDING and early.retry_in_s is not None
+    assert 55 < early.retry_in_s <= 60
+    assert sweep_embedded(engine, settings, ahead) == {"batches": 0, "sent": 0, "unconfirmed": 0}
+    assert alerts.deliver(engine, sending, settings, ahead).state == alerts.SENDING
+    assert len(fake_slack.server.requests) == 1 and fake_slack.messages == []

@@ -1,10 +1,10 @@
-"""The pure parts of alerts: webhook allow-list (SSRF), filters, message text, Slack
-answers classified."""
+"""The pure parts of alerts: webhook URLs checked (allow-list against SSRF, Slack's shapes,
+nothing a client would rewrite) and redacted, filters, message text, Slack answers
+classified (redirects never followed)."""
 
 from __future__ import annotations
 
-import http.client
-import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -15,7 +15,10 @@ import pytest
 from pydantic import ValidationError
 
 from broker import alerts
+from broker.alerts import slack
+from broker.alerts.slack import Answer
 from broker.config import Settings
+from broker.domain import redact
 from broker.scoring import ScoringConfig
 
 NOW = datetime(2026, 5, 21, 12, 0, tzinfo=UTC)
@@ -51,6 +54,80 @@ def test_webhook_urls_must_be_on_the_allow_list(tmp_path: Path, url: str, code: 
         alerts.check_webhook_url(url, settings(tmp_path))
     assert err.value.code == code
     assert "abc" not in str(err.value) and "passwd" not in str(err.value)
+
+
+HOOK = "https://hooks.slack.com/services/T0AAA/B0BBB/SECRETabc"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        HOOK,
+        # Workflow Builder's webhook triggers and its legacy workflow webhooks (module doc of
+        # broker.alerts.webhooks for the shapes and their sources).
+        "https://hooks.slack.com/triggers/T0AAA/3141592653589/SECRETabc",
+        "https://hooks.slack.com/workflows/T0AAA/A0BBB/401462654968871023/SECRETabc",
+        "http://127.0.0.1:8081/triggers/T0AAA/3141592653589/SECRETabc",
+    ],
+)
+def test_slacks_webhook_shapes_are_accepted(tmp_path: Path, url: str) -> None:
+    alerts.check_webhook_url(url, settings(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        (" " + HOOK, "a space at position 1"),
+        ("\t" + HOOK, "whitespace or a control character at position 1"),
+        (HOOK + " ", "a space at position 55"),
+        (HOOK.replace("SECRET", "SECRET\t"), "whitespace or a control character"),
+        (HOOK + "\n", "whitespace or a control character"),
+        (HOOK + "\x00", "whitespace or a control character at position 55"),
+        (HOOK.replace("SECRET", "SECRET\x7f"), "control character"),
+        (HOOK + "é", "non-ASCII character at position 55"),
+        (HOOK.replace("slack", "slаck"), "non-ASCII character"),  # a Cyrillic а
+        (HOOK.replace("SECRET", "SECRET%20"), "not one Slack issues"),
+        (HOOK + "?x=1", "query or fragment"),
+        (HOOK + "#frag", "query or fragment"),
+        (HOOK + "?", "query or fragment"),
+        (HOOK + "/", "not one Slack issues"),
+        (HOOK + "/more", "not one Slack issues"),
+        ("https://hooks.slack.com/services/SECRETabc", "not one Slack issues"),
+        ("https://hooks.slack.com/services/T0AAA/../SECRETabc", "not one Slack issues"),
+        ("https://hooks.slack.com/triggers/T0AAA/SECRETabc", "not one Slack issues"),
+        ("https://hooks.slack.com/workflows/T0AAA/A0/SECRETabc", "not one Slack issues"),
+        ("https://hooks.slack.com/api/SECRETabc", "not one Slack issues"),
+        ("https://hooks.slack.com\\@evil.example/services/T/B/SECRETabc", "credentials"),
+    ],
+)
+def test_webhook_urls_that_cannot_be_sent_as_stored_are_refused_without_echo(
+    tmp_path: Path, url: str, reason: str
+) -> None:
+    """Characters some HTTP layer strips, re-encodes or refuses, and paths that are not
+    Slack's, are refused when stored: the URL called must be the URL stored."""
+    with pytest.raises(alerts.AlertError) as err:
+        alerts.check_webhook_url(url, settings(tmp_path))
+    assert err.value.code == "invalid_webhook" and err.value.field == "channel.url"
+    assert reason in str(err.value)
+    assert "SECRET" not in str(err.value) and "T0AAA" not in str(err.value)
+
+
+def test_every_webhook_path_shape_is_redacted() -> None:
+    for url in (
+        HOOK,
+        "https://hooks.slack.com/triggers/T0AAA/3141592653589/SECRETabc",
+        "https://hooks.slack.com/workflows/T0AAA/A0BBB/401462654968871023/SECRETabc",
+    ):
+        out = redact(f'HTTP Request: POST {url} "HTTP/1.1 302 Found"')
+        assert "SECRET" not in out and "T0AAA" not in out, out
+        assert out.startswith("HTTP Request: POST https://hooks.slack.com/")
+        assert out.endswith('/*** "HTTP/1.1 302 Found"')
+
+
+def test_workflow_webhooks_get_text_only() -> None:
+    assert alerts.webhook_kind(HOOK) == "incoming"
+    assert alerts.webhook_kind("https://hooks.slack.com/triggers/T0/1/x") == "workflow"
+    assert alerts.webhook_kind("https://hooks.slack.com/workflows/T0/A0/1/x") == "workflow"
 
 
 def test_a_loopback_host_needs_its_own_entry_even_for_http(tmp_path: Path) -> None:
@@ -268,32 +345,56 @@ def test_a_flagged_price_says_so_in_the_alert(tmp_path: Path) -> None:
 def test_slack_answers_are_classified(
     status: int, error: str, headers: dict[str, str], outcome: str, retry_after: float | None
 ) -> None:
-    result = alerts._classify(status, error, headers)
+    result = slack.classify(status, error, headers)
     assert result.outcome == outcome
     assert result.retry_after == retry_after
 
 
 @pytest.mark.parametrize(
-    ("exc", "pattern", "outcome"),
+    ("answer", "outcome", "error"),
     [
         # Nothing or an error's start arrived: Slack may not have the message, try again.
-        (http.client.IncompleteRead(b""), alerts._WEBHOOK_OK, "retry"),
-        (http.client.IncompleteRead(b"rollu", 7), alerts._WEBHOOK_OK, "retry"),
-        (http.client.IncompleteRead(b'{"ok": false, "err'), alerts._API_OK, "retry"),
-        (http.client.BadStatusLine("HTTP/1.1 2"), alerts._API_OK, "retry"),
+        (Answer(500, {}, b"rollu", "RemoteProtocolError"), "retry", "answer cut off"),
+        (Answer(200, {}, b'{"ok": false, "err', "ReadTimeout"), "retry", "answer cut off"),
+        (Answer(200, {}, b"", "RemoteProtocolError"), "retry", "answer cut off"),
         # What arrived is Slack's success answer: sent, never again.
-        (http.client.IncompleteRead(b"o", 1001), alerts._WEBHOOK_OK, "sent"),
-        (http.client.IncompleteRead(b'{"ok": true, "chan'), alerts._API_OK, "sent"),
-        (http.client.IncompleteRead(b'{"ok":true,"channel":"C1"'), alerts._API_OK, "sent"),
+        (Answer(200, {}, b'{"ok": true, "chan', "RemoteProtocolError"), "sent", None),
+        (Answer(200, {}, b'{"ok":true,"channel":"C1"', "ReadError"), "sent", None),
     ],
 )
-def test_an_answer_cut_off_is_retried_unless_it_already_said_ok(
-    exc: http.client.HTTPException, pattern: re.Pattern[bytes], outcome: str
+def test_a_bot_answer_cut_off_is_retried_unless_it_already_said_ok(
+    answer: Answer, outcome: str, error: str | None
 ) -> None:
-    result = alerts._cut_off(exc, pattern, "webhook")
+    result = slack.bot_result(answer)
     assert result.outcome == outcome
-    if outcome == "retry":
-        assert result.error == f"webhook: answer cut off ({type(exc).__name__})"
+    if error:
+        assert result.error == f"Slack API: {error} ({answer.cut_off})"
+
+
+def test_a_webhook_200_is_sent_even_when_its_body_breaks_off() -> None:
+    """The status says Slack took it: sending again would show it twice."""
+    assert slack.webhook_result(Answer(200, {}, b"o", "RemoteProtocolError")).outcome == "sent"
+    cut = slack.webhook_result(Answer(500, {}, b"roll", "RemoteProtocolError"))
+    assert (cut.outcome, cut.error) == ("retry", "webhook: answer cut off (RemoteProtocolError)")
+    # A workflow webhook's JSON answers.
+    assert slack.webhook_result(Answer(200, {}, b'{"ok": true}')).outcome == "sent"
+    failed = slack.webhook_result(Answer(200, {}, b'{"ok": false, "error": "invalid_token"}'))
+    assert (failed.outcome, failed.error) == ("gone", "Slack answered 200 invalid_token")
+    refused = slack.webhook_result(Answer(404, {}, b'{"ok": false, "error": "no_service"}'))
+    assert (refused.outcome, refused.error) == ("gone", "Slack answered 404 no_service")
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("result", [slack.webhook_result, slack.bot_result])
+def test_a_redirect_is_a_permanent_refusal_that_says_nothing_of_where_it_pointed(
+    status: int, result: Callable[[Answer], alerts.SendResult]
+) -> None:
+    location = "http://169.254.169.254/latest/meta-data/iam/security-credentials/role"
+    body = b'{"ok": true, "AccessKeyId": "ASIAEXAMPLEEXAMPLE00"}'
+    out = result(Answer(status, {"location": location}, body))
+    assert out.outcome == "gone"
+    assert out.error is not None and out.error.endswith(f"{status}: a redirect, never followed")
+    assert "169.254" not in out.error and "ASIA" not in out.error and "{" not in out.error
 
 
 def test_user_text_cannot_ping_or_disguise_a_link(tmp_path: Path) -> None:
