@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
-from tests.fakes.http import FakeHttpServer, serve
+from tests.fakes.http import FakeHttpServer, closed_port, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The public market data set lives beside the repository (../shared/data), never copied in.
@@ -38,10 +42,8 @@ def snapshot_dirs(data_dir: Path) -> list[Path]:
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No BROKER_* setting of the developer's shell leaks into a test."""
     for name in list(os.environ):
-        if name.startswith("BROKER_") and name not in {
-            "BROKER_TEST_DATA_DIR",
-            "BROKER_TEST_POSTGRES_URL",
-        }:
+        # BROKER_TEST_* say where the test servers are (the data set, PostgreSQL, Redis).
+        if name.startswith("BROKER_") and not name.startswith("BROKER_TEST_"):
             monkeypatch.delenv(name, raising=False)
     yield
 
@@ -147,3 +149,93 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
 def fake_http() -> Iterator[FakeHttpServer]:
     """A started local fake HTTP server (127.0.0.1, free port); see tests/fakes/http.py."""
     yield from serve()
+
+
+# ------------------------------------------------------------------ Redis
+
+#: Where the tests that need Redis find it, and the database each uses there (a Celery
+#: test under xdist worker gwN takes 15 - N). Left unset, they point at a redis-server this
+#: pytest process starts on a free port of 127.0.0.1: tests flush their databases, which
+#: must never be those of a Redis someone else runs on 6379. Set one to use another server.
+REDIS_URL_VARS = {
+    "BROKER_TEST_REDIS_URL": 15,
+    "BROKER_TEST_RATELIMIT_REDIS_URL": 10,
+    "BROKER_TEST_METRICS_REDIS_URL": 12,
+}
+
+_redis: dict[str, object] = {}
+
+
+def _start_redis() -> tuple[subprocess.Popen[bytes], int, str] | str:
+    """A private redis-server (no persistence, its files in a temp dir): the process, its
+    port and its directory; or why not."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return "redis-server is not installed"
+    import redis
+
+    workdir = tempfile.mkdtemp(prefix="broker-test-redis-")
+    why = "redis-server did not start"
+    for _ in range(5):  # a free port can be taken between the probe and the bind
+        port = closed_port()  # free now; taken by redis-server below
+        proc = subprocess.Popen(
+            [
+                *(exe, "--bind", "127.0.0.1", "--port", str(port)),
+                *("--save", "", "--appendonly", "no", "--dir", workdir),
+                *("--databases", "16", "--loglevel", "warning"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping():
+                    return proc, port, workdir
+            except redis.exceptions.RedisError as exc:
+                why = f"redis-server did not answer: {exc}"
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(workdir, ignore_errors=True)
+    return why
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Point every unset BROKER_TEST_*REDIS_URL at this process's own redis-server, before
+    the test modules are imported (some read their URL then). Under xdist the controller
+    (its distributed session is registered by now) runs no test: each worker starts its
+    own, so no two workers share a database."""
+    config = session.config
+    if config.pluginmanager.getplugin("dsession") is not None:
+        return
+    unset = [name for name in REDIS_URL_VARS if name not in os.environ]
+    if not unset:
+        return
+    started = _start_redis()
+    if isinstance(started, str):
+        # Nothing listens there: the Redis tests skip (fail under CI) saying so.
+        base = f"redis://127.0.0.1:{closed_port()}"
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(f"{started}: the tests needing Redis cannot run"), 2
+        )
+    else:
+        proc, port, workdir = started
+        _redis.update(proc=proc, workdir=workdir)
+        base = f"redis://127.0.0.1:{port}"
+    for name in unset:
+        os.environ[name] = f"{base}/{REDIS_URL_VARS[name]}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    proc = _redis.pop("proc", None)
+    if isinstance(proc, subprocess.Popen):
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    workdir = _redis.pop("workdir", None)
+    if isinstance(workdir, str):
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,7 +1,9 @@
 """Tenant isolation, as a matrix over every route that takes a team object's id (found in
 the OpenAPI schema, so a new route cannot slip past): another team's key → 404 (the object's
 existence is not disclosed), a viewer writing → 403, no key → 401, a revoked key → 401; and
-nothing changed by any of them."""
+nothing changed by any of them. The same for ids carried outside the path (a body field, a
+CSV column, a query parameter, a list cursor): another team's id is refused exactly like a
+made-up one."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from broker import ledger
 from broker.auth import Role, create_api_key, revoke_api_key
 from broker.db import session_scope
 from tests.api.conftest import Keys, TestClient, bearer
-from tests.api.test_reservations import COMMITMENT
+from tests.api.test_reservations import COMMITMENT, post_csv
 
 ID_PARAMS = {"request_id", "reservation_id", "subscription_id"}
 WEBHOOK = "https://hooks.slack.com/services/T0/B0/isolation"
@@ -154,3 +157,97 @@ def test_every_write_refuses_a_viewer_and_a_missing_key(
         assert r.json()["error"]["details"]["required_role"] in ("member", "admin")
         assert client.request(method.upper(), url, json={}).status_code == 401
     assert snapshot(engine) == before
+
+
+#: Every place outside the path where a request names a team object by id: (method, path,
+#: where, field). Found in the OpenAPI schema (JSON body fields and query parameters) and in
+#: the CSV imports' columns, so a new one fails `test_ids_outside_the_path_are_all_covered`
+#: until the test below covers it.
+OUTSIDE_PATH: set[tuple[str, str, str, str]] = {
+    ("post", "/v1/subscriptions", "body", "request_id"),
+    ("post", "/v1/reservations/usage/import", "csv", "reservation_id"),
+}
+
+
+def ids_outside_the_path(client: TestClient) -> set[tuple[str, str, str, str]]:
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    found: set[tuple[str, str, str, str]] = set()
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            for param in op.get("parameters", []):
+                if param["in"] == "query" and param["name"] in ID_PARAMS:
+                    found.add((method, path, "query", param["name"]))
+            for content in op.get("requestBody", {}).get("content", {}).values():
+                ref = content.get("schema", {}).get("$ref", "")
+                props = components.get(ref.rsplit("/", 1)[-1], {}).get("properties", {})
+                found |= {(method, path, "body", f) for f in props if f in ID_PARAMS}
+    for path, columns in (
+        ("/v1/reservations/import", ledger.COMMITMENT_COLUMNS),
+        ("/v1/reservations/usage/import", ledger.USAGE_COLUMNS),
+    ):
+        found |= {("post", path, "csv", c) for c in columns if c in ID_PARAMS}
+    return found
+
+
+def test_ids_outside_the_path_are_all_covered(client: TestClient) -> None:
+    assert ids_outside_the_path(client) == OUTSIDE_PATH
+
+
+def test_another_teams_id_in_a_body_a_csv_or_a_cursor_is_refused(
+    client: TestClient, keys: Keys, more_keys: dict[str, str], engine: Engine
+) -> None:
+    owner, intruder = bearer(keys.member), bearer(more_keys["beta_member"])
+    request_ids = [
+        client.post(
+            "/v1/requests",
+            json={"name": f"alpha {i}", "gpu_models": ["H100"], "gpus": 8, "duration_hours": 24},
+            headers=owner,
+        ).json()["id"]
+        for i in range(2)
+    ]
+    reservation_id = client.post("/v1/reservations", json=COMMITMENT, headers=owner).json()["id"]
+    before = snapshot(engine)
+
+    # A request subscription may follow only a request of the caller's team.
+    for request_id in (request_ids[0], 10**9):
+        r = client.post(
+            "/v1/subscriptions",
+            json={
+                "name": "follow",
+                "request_id": request_id,
+                "channel": {"type": "slack_webhook", "url": WEBHOOK},
+            },
+            headers=intruder,
+        )
+        assert r.status_code == 404, r.text
+        err = r.json()["error"]
+        assert err["code"] == "not_found" and str(request_id) in err["message"]
+        assert err["message"] == f"no capacity request {request_id} in this team"
+
+    # Usage may be imported only against the caller's reservations.
+    for rid in (reservation_id, 10**9):
+        csv_text = (
+            "reservation_id,period_start,period_end,gpu_hours\n"
+            f"{rid},2026-05-01T00:00:00Z,2026-05-02T00:00:00Z,10\n"
+        )
+        r = post_csv(client, more_keys["beta_member"], "/v1/reservations/usage/import", csv_text)
+        assert r.status_code == 422, r.text
+        [detail] = r.json()["error"]["details"]
+        assert (detail["line"], detail["field"]) == (2, "reservation_id")
+        assert detail["message"] == f"no reservation {rid} in this team"
+    assert snapshot(engine) == before  # none of the refused calls changed anything
+
+    # A cursor holds a position, not a team: another team's cursor lists the caller's rows.
+    beta_request = client.post(
+        "/v1/requests",
+        json={"name": "beta", "gpu_models": ["H100"], "gpus": 8, "duration_hours": 24},
+        headers=intruder,
+    ).json()["id"]
+    cursor = client.get("/v1/requests", params={"limit": 1}, headers=owner).json()["next_cursor"]
+    assert cursor
+    theirs = client.get("/v1/requests", params={"cursor": cursor}, headers=intruder)
+    assert theirs.status_code == 200, theirs.text
+    assert {r["id"] for r in theirs.json()["data"]} <= {beta_request}
+    for listing in ("/v1/reservations", "/v1/subscriptions"):
+        assert client.get(listing, headers=intruder).json()["data"] == [], listing

@@ -115,7 +115,7 @@ def make(
         "subscription_id": SUBSCRIPTION,
         "base_url": fake.url,
         "retail_prices_url": fake.prices_url,
-        "timeout_s": 0.3,
+        "timeout_s": 1.0,  # room for a loaded CI machine; the faults below wait 3 s
         "max_attempts": 1,
         "max_retry_after_s": 5.0,
         "prices_ttl_s": 0,
@@ -572,7 +572,7 @@ def test_price_lists_are_reused_within_their_ttl(
 
 
 def test_timeout_on_one_locations_prices_fails_only_that_location(azure: AzureFake) -> None:
-    azure.fail_page("prices", 1, FakeResponse(json={}, delay_s=1.0), location=NL)
+    azure.fail_page("prices", 1, FakeResponse(json={}, delay_s=3.0), location=NL)
     result = make(azure).fetch()
     scope, code, message = only_error(result)
     assert (scope, code) == (Scope("azure", NL), "timeout")
@@ -583,7 +583,7 @@ def test_timeout_on_one_locations_prices_fails_only_that_location(azure: AzureFa
 
 
 def test_timeout_on_the_sku_list_fails_the_poll(azure: AzureFake) -> None:
-    azure.fail_page("skus", 1, FakeResponse(json={"value": []}, delay_s=1.0))
+    azure.fail_page("skus", 1, FakeResponse(json={"value": []}, delay_s=3.0))
     result = make(azure).fetch()
     scope, code, message = only_error(result)
     assert (scope, code) == (Scope("azure"), "timeout")

@@ -2,7 +2,9 @@
 a neocloud API key, polls, alerts, Slack refusing, a provider failing, reports, metrics) run
 with DEBUG logs in JSON; then no API key, webhook path, Slack token or cloud credential
 appears in the logs, in any answer, in the events, metrics or reports, or in the database
-(where API keys are hashes and Slack channels ciphertext)."""
+(where API keys are hashes and Slack channels ciphertext). The lines that carry the webhook
+URL (the HTTP client's request lines) do reach the handler: redaction alone must mask
+them, as the test checks."""
 
 from __future__ import annotations
 
@@ -153,6 +155,9 @@ def test_no_secret_anywhere(
         assert call("GET", "/v1/subscriptions/1").json()["state"] == "disabled"
     logs = capsys.readouterr().err
     assert '"level": "DEBUG"' in logs and "lambda_cloud" in logs  # the logs were captured
+    # ... including the lines of the posts to the webhook, which carry its URL (httpx logs
+    # every request line at INFO): only redaction keeps its secret path out.
+    assert f"POST {webhook.split('/services/')[0]}/services/" in logs
     with engine.connect() as conn:
         tables = inspect(conn).get_table_names()
         database = [str(row) for t in tables for row in conn.execute(text(f"SELECT * FROM {t}"))]
