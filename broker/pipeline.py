@@ -42,6 +42,8 @@ def process_events(
 
     now = clock()
     with session_scope(engine) as session:
+        if not alerts.claim_batch(session.connection(), first_id, last_id):
+            return Processed()  # another run processed this batch (it waited for it)
         changed = rescore_in(session, first_id, last_id, settings=settings, now=now)
         conn = session.connection()
         deliveries = alerts.match_events(conn, first_id, last_id, settings, now)

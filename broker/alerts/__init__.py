@@ -46,7 +46,7 @@ from __future__ import annotations
 from broker.alerts.clock import database_now, decision_now, due_now, is_process_clock
 from broker.alerts.delivery import DeliveryOutcome, Sweep, deliver, sweep
 from broker.alerts.filters import CompiledFilter, OfferFilter
-from broker.alerts.matching import mark_processed, match_events
+from broker.alerts.matching import claim_batch, mark_processed, match_events
 from broker.alerts.messages import (
     build_test_message,
     offer_link,
@@ -129,6 +129,7 @@ __all__ = [
     "Sweep",
     "build_test_message",
     "check_webhook_url",
+    "claim_batch",
     "create_subscription",
     "database_now",
     "decision_now",

@@ -258,6 +258,20 @@ def _match_requests(
     return ids
 
 
+def claim_batch(conn: Connection, first_id: int, last_id: int) -> bool:
+    """Take the write lock of the poll runs whose events lie in `first..last` (a no-op
+    update: row locks on PostgreSQL, the database write lock on SQLite) and say whether any
+    of them is still unprocessed. Two runs of one batch at once (a slow batch the sweep
+    re-queued) are serialised here: the second waits, then finds it processed and does
+    nothing, instead of rescoring from the same stored best options and alerting twice."""
+    runs = select(EVENTS.c.poll_run_id).where(EVENTS.c.id >= first_id, EVENTS.c.id <= last_id)
+    conn.execute(update(RUNS).where(RUNS.c.id.in_(runs)).values(processed_at=RUNS.c.processed_at))
+    left = conn.execute(
+        select(func.count()).where(RUNS.c.id.in_(runs), RUNS.c.processed_at.is_(None))
+    ).scalar_one()
+    return bool(left)
+
+
 def mark_processed(conn: Connection, first_id: int, last_id: int, now: datetime) -> None:
     """Stamp the poll runs whose events lie in `first..last` as processed."""
     conn.execute(

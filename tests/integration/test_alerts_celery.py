@@ -385,13 +385,6 @@ def test_an_event_batch_processed_twice_alerts_once(
         stop(worker)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product gap: two concurrent runs of one batch both rescore the request from the "
-    "same stored best and write two best_option_changed events (two outbox rows under "
-    "different dedupe keys); process_events needs to serialise a batch (see the report of "
-    "issue 16)",
-)
 def test_an_event_batch_processed_twice_at_once_alerts_once(
     pg_engine: Engine,
     pg_database: str,
@@ -400,9 +393,9 @@ def test_an_event_batch_processed_twice_at_once_alerts_once(
     data_dir: Path,
     fake_slack: FakeSlack,
 ) -> None:
-    """The same two runs in two prefork children at once: both read the request's stored
-    best before either writes it (the test holds the request's row lock until both wait on
-    it). One change of the best option, one message."""
+    """The same batch run twice at once in two prefork children, the request's row held by
+    the test until both runs are blocked (without the batch claim both would have read the
+    same stored best). One change of the best option, one message."""
     settings = settings_for(pg_database, tmp_path, fake_slack)
     request_id, url = follow_a_request(pg_engine, settings, fake_slack)
     env = env_for(tmp_path, pg_database, redis_url, fake_slack)
@@ -416,7 +409,17 @@ def test_an_event_batch_processed_twice_at_once_alerts_once(
                 .where(requests_table.c.id == request_id)
                 .with_for_update()
             )
-            _wait(lambda: waiting(pg_engine, "UPDATE capacity_requests") == 2, 90, "both runs")
+            # Both runs blocked: on the request row (gated here), or the second behind the
+            # first on the batch's poll runs (process_events claims a batch first).
+            _wait(
+                lambda: (
+                    waiting(pg_engine, "UPDATE capacity_requests")
+                    + waiting(pg_engine, "UPDATE poll_runs")
+                    == 2
+                ),
+                90,
+                "both runs",
+            )
         _wait(lambda: fake_slack.to(url) and drained(redis_url), 90, "both runs to end")
         assert len(fake_slack.to(url)) == 1
     finally:
