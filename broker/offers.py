@@ -13,6 +13,7 @@ Knows nothing of HTTP, Celery or any provider SDK.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -440,7 +441,8 @@ def _diff_seen(
             availability,
             offer.available_count,
         )
-        spec_before, spec_after = _spec(old), _spec(offer)
+        # The fingerprint covers the spec: only a changed one can hold a spec change.
+        spec_before, spec_after = (_spec(old), _spec(offer)) if old.fingerprint != fp else ({}, {})
         spec_moved = spec_before != spec_after
         if not old.active:
             diff.event(
@@ -610,14 +612,15 @@ def refresh_anomalies(conn: Connection, models: Iterable[str | None] | None = No
             c.gpu_count,
             c.price_per_hour,
             c.price_per_gpu_hour,
-            c.anomalies,
+            # As stored (text): comparing serialised flags spares decoding every row's JSON.
+            cast(c.anomalies, String).label("stored"),
         ).where(*where)
     ).all()
     found = anomalies.detect(rows)
     changes = []
     for r in rows:
         flags = [a.as_dict() for a in found.get(r.key, ())]
-        if flags != (r.anomalies or []):
+        if (json.dumps(flags) if flags else "[]") != r.stored:
             changes.append({"_id": r.id, "flags": flags})
     if changes:
         conn.execute(
