@@ -734,6 +734,8 @@ def serve(
     from workers.embedded import EmbeddedPoller
 
     state = _state(ctx)
+    if no_scheduler or state.settings.redis_url:
+        _require_secret_key(state.settings)
     engine = _ready_engine(state)
     _check_port_free(host, port)
     api = create_app(state.settings, engine, state.clock)
@@ -902,7 +904,18 @@ def _production(state: Any) -> str:
             "production mode needs BROKER_REDIS_URL (e.g. redis://127.0.0.1:6379/0); "
             "without it `broker serve` runs everything in one process"
         )
+    _require_secret_key(state.settings)
     return url
+
+
+def _require_secret_key(settings: Settings) -> None:
+    """Production mode refuses to start without a secret key of its own."""
+    from broker.secrets import SecretKeyRequired, check_production_key
+
+    try:
+        check_production_key(settings)
+    except SecretKeyRequired as exc:
+        raise fail(str(exc)) from None
 
 
 def _serve_metrics(settings: Settings, port: int | None, *, multiprocess: bool) -> None:
@@ -997,7 +1010,7 @@ def scheduler(
 
     runner = LeaderScheduler(
         state.settings,
-        lambda name: poll_task.delay(name),
+        lambda name, fence: poll_task.delay(name, fence=fence),
         lock_ttl_s=lock_ttl_s,
         on_change=announce,
         housekeeping=lambda: sweep_task.delay(),

@@ -333,6 +333,10 @@ class Settings(BaseSettings):
     poll_jitter_s: int = Field(default=15, ge=0)
     #: A degraded provider is polled less often: interval × 2^failures, at most this long.
     max_poll_backoff_s: int = Field(default=3600, gt=0)
+    #: A process whose clock is off from the database's by more than this many seconds is
+    #: reported skewed (`/readyz`, `broker_clock_skew_seconds`, a log error from the sweep);
+    #: the ledger's expiry follows the database's clock whatever the skew.
+    max_clock_skew_s: float = Field(default=30.0, gt=0)
     #: Hosts a Slack webhook URL may point at (`host` or `host:port`), comma-separated.
     #: `http://` is accepted only for a loopback host listed here (local tests).
     slack_webhook_hosts: CsvList = Field(default_factory=lambda: ["hooks.slack.com"])

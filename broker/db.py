@@ -1,19 +1,22 @@
 """Engine and sessions: SQLite by default, PostgreSQL by URL; schema by Alembic.
 
 Owns the connection settings of each backend (SQLite WAL + busy timeout, PostgreSQL pool
-pre-ping) and the column types that must behave the same on both (`UTCDateTime`).
+pre-ping), the column types that must behave the same on both (`UTCDateTime`), and the
+database's clock (`database_now`, `clock_skew_s`): irreversible time-based transitions (the
+expiry of reservations, `broker.ledger_expiry`) follow it rather than the clock of whichever
+process runs them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, DateTime, Engine, create_engine, event, select
-from sqlalchemy.engine import Dialect
+from sqlalchemy import ColumnElement, DateTime, Engine, create_engine, event, select, text
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, col
 
@@ -75,6 +78,42 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+#: The database server's current time, UTC. PostgreSQL: `now()` (the transaction's start,
+#: so one transaction sees one time); SQLite: the host's UTC clock, to the millisecond
+#: (`CURRENT_TIMESTAMP` has whole seconds only).
+_NOW_SQL = {
+    "postgresql": "SELECT now()",
+    "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
+}
+
+
+def database_now(conn: Connection) -> datetime:
+    """The database's current time (aware UTC), read on `conn` (in its transaction)."""
+    value = conn.execute(text(_NOW_SQL.get(conn.dialect.name, "SELECT CURRENT_TIMESTAMP")))
+    now = value.scalar_one()
+    if isinstance(now, str):  # SQLite answers text
+        now = datetime.fromisoformat(now)
+    if not isinstance(now, datetime):
+        raise TypeError(f"the database answered {now!r} for its current time")
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+
+def clock_skew_s(engine: Engine, clock: Callable[[], datetime]) -> float:
+    """`clock()` minus the database's time, in seconds (positive: this process runs ahead).
+
+    The process clock is read just before and after the query and the midpoint compared,
+    so the round trip does not count as skew.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database does not answer.
+    """
+    with engine.connect() as conn:
+        before = clock()
+        db_now = database_now(conn)
+        after = clock()
+    return ((before + (after - before) / 2) - db_now).total_seconds()
 
 
 def _alembic_config(engine: Engine) -> Any:

@@ -12,7 +12,8 @@ functions onto endpoints; errors are `LedgerInvalid` (a field or CSV row is wron
 
 States: `held` (booked, not yet confirmed running; broker bookings start here) → `active`
 (in force; external commitments start here) → `expired` (its end passed:
-`expire_reservations`, run by the scheduler and before every report) | `cancelled`.
+`expire_reservations` in `broker.ledger_expiry`, run by the scheduler and before every
+report, never ahead of the database's clock) | `cancelled`.
 
 No double booking. Booking from an offer locks the offer rows (`SELECT ... FOR UPDATE` on
 PostgreSQL; on SQLite the first write takes the database's single write lock) before
@@ -56,6 +57,9 @@ from broker import requests as capacity
 from broker.config import Settings
 from broker.db import keyset_page
 from broker.domain import Availability, Market, to_price
+from broker.ledger_expiry import SYSTEM_ACTOR as SYSTEM_ACTOR  # re-exported
+from broker.ledger_expiry import expire_reservations as expire_reservations  # re-exported
+from broker.ledger_expiry import expiry_cutoff
 from broker.models import (
     LIVE_RESERVATION_STATES,
     CapacityRequest,
@@ -107,7 +111,6 @@ MAX_LEAD = timedelta(days=1100)
 START_SLACK = timedelta(hours=1)
 #: Hours from which a reserved offer's term counts as three years.
 THREE_YEARS_HOURS = 3 * 8760
-SYSTEM_ACTOR = "system"
 MAX_CSV_BYTES = 5_000_000
 MAX_CSV_ROWS = 10_000
 _RES = Reservation.__table__  # type: ignore[attr-defined]
@@ -896,10 +899,18 @@ def _instances(part: ReservePart, offer: StoredOffer, where: str) -> int:
 
 
 def _new_commitment(
-    team_id: int, body: CommitmentIn, *, actor: str, source: str, now: datetime
+    team_id: int,
+    body: CommitmentIn,
+    *,
+    actor: str,
+    source: str,
+    now: datetime,
+    ended_by: datetime,
 ) -> Reservation:
+    """The row of a commitment; `expired` when it ended by `ended_by` (`expiry_cutoff`:
+    never ahead of the database's clock, as the expiry sweep)."""
     country, jurisdiction = body.place()
-    if body.ends_at <= now:
+    if body.ends_at <= ended_by:
         state = ReservationState.EXPIRED
     else:
         state = ReservationState(body.state or ReservationState.ACTIVE)
@@ -941,10 +952,13 @@ def record_commitment(
     now: datetime,
     source: str = "api",
     reason: str | None = None,
+    ended_by: datetime | None = None,
 ) -> Reservation:
     """Record a commitment made outside the broker (state `active` unless `held` is asked;
-    `expired` when its end has passed)."""
-    row = _new_commitment(team_id, body, actor=actor, source=source, now=now)
+    `expired` when its end has passed by `ended_by`, default `expiry_cutoff(session, now)`:
+    never by a process clock ahead of the database's)."""
+    ended_by = ended_by or expiry_cutoff(session, now)
+    row = _new_commitment(team_id, body, actor=actor, source=source, now=now, ended_by=ended_by)
     session.add(row)
     session.flush()
     session.add(
@@ -1064,6 +1078,7 @@ def import_commitments(
             errors += _row_errors(line, exc)
     _raise_rows(errors, len(rows))
     out = []
+    ended_by = expiry_cutoff(session, now)  # once for the file, not a query per row
     for (line, _), body in zip(rows, bodies, strict=True):
         out.append(
             record_commitment(
@@ -1074,6 +1089,7 @@ def import_commitments(
                 now=now,
                 source="import",
                 reason=f"imported from CSV line {line}",
+                ended_by=ended_by,
             )
         )
     return out
@@ -1225,47 +1241,6 @@ def change(
         session.add_all(entries)
         session.flush()
     return entries
-
-
-def expire_reservations(session: Session, now: datetime) -> list[int]:
-    """Expire every held or active reservation whose end has passed (the scheduled task;
-    reports call it first so they are right without a scheduler). Each gets a ledger entry
-    by `system`. Safe to run concurrently: a reservation is expired once. Returns the ids."""
-    conn = session.connection()
-    due = conn.execute(
-        select(_RES.c.id, _RES.c.team_id, _RES.c.state, _RES.c.ends_at)
-        .where(_RES.c.state.in_(LIVE_RESERVATION_STATES), _RES.c.ends_at <= now)
-        .order_by(_RES.c.id)
-    ).all()
-    done: list[int] = []
-    for r in due:
-        res = conn.execute(
-            update(_RES)
-            .where(_RES.c.id == r.id, _RES.c.state == r.state)
-            .values(state=str(ReservationState.EXPIRED), updated_at=now)
-        )
-        if res.rowcount != 1:
-            continue
-        session.add(
-            LedgerEntry(
-                reservation_id=r.id,
-                team_id=r.team_id,
-                at=now,
-                actor=SYSTEM_ACTOR,
-                action=str(Action.EXPIRED),
-                reason=f"the term ended at {_jsonable(r.ends_at)}",
-                before={"state": r.state},
-                after={"state": str(ReservationState.EXPIRED)},
-            )
-        )
-        done.append(r.id)
-    if done:
-        session.flush()
-        # Rows loaded in this session before the bulk UPDATE must not keep the old state.
-        for obj in list(session.identity_map.values()):
-            if isinstance(obj, Reservation) and obj.id in done:
-                session.expire(obj)
-    return done
 
 
 # -------------------------------------------------------------------------- usage

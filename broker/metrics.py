@@ -8,7 +8,9 @@ Two kinds:
   processed and deliveries pending (plus the Celery queue's length in Redis in production
   mode).
 - **In-process**, observed by the code doing the work: poll duration, event → Slack latency,
-  delivery outcomes, API requests. In embedded mode that is the API's own process; a
+  delivery outcomes, API requests, and this process's clock skew from the database
+  (`broker_clock_skew_seconds`: measured by each scrape of the API, `/readyz` and each
+  sweep of a worker). In embedded mode that is the API's own process; a
   `broker worker` or `broker scheduler` serves its own with `--metrics-port`
   (`BROKER_METRICS_PORT`).
 Label values come from fixed sets (providers, event types, states, route templates), never
@@ -27,6 +29,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -35,6 +38,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, Executable, Table, and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from broker import db
 from broker.config import Settings
 from broker.domain import Clock, utcnow
 from broker.models import AlertDelivery, MarketEvent, PollRun, ProviderState, StoredOffer
@@ -68,6 +72,35 @@ HTTP_DURATION = Histogram(
     ["route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+CLOCK_SKEW = Gauge(
+    "broker_clock_skew_seconds",
+    "This process's clock minus the database's, as last measured (positive: ahead). "
+    "Beyond BROKER_MAX_CLOCK_SKEW_S the process is reported skewed; the ledger's expiry "
+    "follows the database's clock regardless.",
+    multiprocess_mode="mostrecent",
+)
+
+
+def observe_clock_skew(engine: Engine, settings: Settings, clock: Clock = utcnow) -> float | None:
+    """Measure this process's clock skew from the database (`broker.db.clock_skew_s`), set
+    `broker_clock_skew_seconds`, and log an error beyond `settings.max_clock_skew_s`.
+    Returns the skew in seconds, or None when the database does not answer."""
+    try:
+        skew = db.clock_skew_s(engine, clock)
+    except SQLAlchemyError as exc:
+        log.warning("metrics.clock_skew_unmeasured", extra={"error": type(exc).__name__})
+        return None
+    CLOCK_SKEW.set(skew)
+    if abs(skew) > settings.max_clock_skew_s:
+        log.error(
+            "clock.skewed this process's clock is %.1f s %s the database's (bound %.0f s)",
+            abs(skew),
+            "ahead of" if skew > 0 else "behind",
+            settings.max_clock_skew_s,
+            extra={"clock_skew_s": round(skew, 3)},
+        )
+    return skew
 
 
 def observe_delivery(outcome: str, latency_s: float | None) -> None:
@@ -241,6 +274,7 @@ def render(engine: Engine, settings: Settings, clock: Clock = utcnow) -> tuple[b
     """The exposition text (body, content type): this process's metrics (the default
     registry) plus the store's. The store's collector goes in a registry of its own, built
     per scrape, so any number of apps (tests) may scrape any number of engines."""
+    observe_clock_skew(engine, settings, clock)
     store = CollectorRegistry(auto_describe=False)
     store.register(StoreCollector(engine, settings, clock))
     return generate_latest(REGISTRY) + generate_latest(store), CONTENT_TYPE_LATEST

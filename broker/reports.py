@@ -533,8 +533,11 @@ CSV_COLUMNS = (
     "flags",
 )
 #: Free-text columns: a cell starting with one of these is prefixed with `'` so a
-#: spreadsheet shows it as text instead of running it as a formula.
+#: spreadsheet shows it as text instead of running it as a formula. A team's name is
+#: free text too (`broker apikey create --team`). Numeric columns are not listed: a
+#: negative amount must stay a number.
 _TEXT_COLUMNS = {
+    "team",
     "counterparty",
     "offer_key",
     "region",

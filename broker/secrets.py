@@ -5,6 +5,10 @@ The key comes from `BROKER_SECRET_KEY` (any string; it is stretched with SHA-256
 a key file `secret.key` in the data dir, created on first use with mode 0600 (embedded mode).
 In production set `BROKER_SECRET_KEY` on every process (API and workers): a worker without
 the API's key cannot decrypt, and says so (`SecretUnavailable`) instead of sending garbage.
+Production mode (`BROKER_REDIS_URL` set; `broker worker`, `broker scheduler`,
+`broker serve --no-embedded-workers`) refuses to start without one, or with a key published
+anywhere (the old docker-compose.yml fallback), which would let anyone holding a copy of the
+database read the stored Slack secrets: `check_production_key`.
 API keys are not here: they are only ever compared, so they are stored hashed (`broker.auth`).
 """
 
@@ -22,6 +26,36 @@ from broker.config import Settings
 
 class SecretUnavailable(RuntimeError):
     """A stored secret cannot be decrypted with this process's key."""
+
+
+class SecretKeyRequired(ValueError):
+    """Production mode without a usable `BROKER_SECRET_KEY`; the message says how to set one."""
+
+
+#: Keys that were published (docker-compose.yml's fallback until issue 16): never secret.
+PUBLISHED_KEYS = frozenset({"change-me-in-dot-env"})
+#: How to make a key (any string works; a Fernet key is 32 random bytes, base64).
+GENERATE_KEY = (
+    'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+)
+
+
+def check_production_key(settings: Settings) -> None:
+    """Refuse production mode without a secret key of its own.
+
+    Raises:
+        SecretKeyRequired: `BROKER_SECRET_KEY` unset, blank, or a published value.
+    """
+    key = settings.secret_key.get_secret_value().strip() if settings.secret_key else ""
+    if key and key not in PUBLISHED_KEYS:
+        return
+    why = "is not set" if not key else "is the published placeholder of docker-compose.yml"
+    raise SecretKeyRequired(
+        f"BROKER_SECRET_KEY {why}: production mode stores Slack webhook URLs and tokens "
+        "encrypted with it, and every API, worker and scheduler process needs the same one. "
+        f"Make one with `{GENERATE_KEY}` and set it on every process (e.g. "
+        "BROKER_SECRET_KEY=... in .env for docker compose)."
+    )
 
 
 def _fernet_key(material: str) -> bytes:

@@ -5,13 +5,33 @@
 acknowledged after they ran (`acks_late`) and re-queued when a worker dies mid-task
 (`task_reject_on_worker_lost`), so every task is written to be idempotent; one task at a
 time per worker process (`prefetch_multiplier=1`) so a killed worker holds nothing back.
+
+A worker refuses to start without a `BROKER_SECRET_KEY` of its own (`celeryd_init`, however
+it is started: `broker worker` or `celery -A workers.celery_app worker`): it would store or
+read Slack secrets under a key anyone can know (`broker.secrets.check_production_key`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import celeryd_init
 
 from broker.config import get_settings
+from broker.secrets import SecretKeyRequired, check_production_key
+
+
+def _refuse_without_secret_key(**_: Any) -> None:
+    """Stop the worker before it consumes anything. SystemExit, because Celery logs and
+    swallows any Exception a signal handler raises."""
+    try:
+        check_production_key(get_settings())
+    except SecretKeyRequired as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+celeryd_init.connect(_refuse_without_secret_key)
 
 
 def make_app(redis_url: str | None = None) -> Celery:

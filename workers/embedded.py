@@ -7,7 +7,8 @@ bundled sample when no cloud is configured) gets one interval job, every
 others or the API. `max_instances=1` and `coalesce`: a slow poll is never run twice at once,
 and runs missed meanwhile collapse into one. A housekeeping job every
 `alerts.sweep_interval_s` finishes what a crash or a Slack outage left (event batches not
-processed, deliveries due for a retry) and expires ended reservations.
+processed, deliveries due for a retry), expires ended reservations and forgets old
+Idempotency-Keys, never ahead of the database's clock (`workers.housekeeping`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from broker.offers import IngestResult
 from broker.pipeline import after_ingest, sweep_embedded
 from broker.polling import Source, poll_source
 from broker.sources import Sources, build_sources
+from workers.housekeeping import tidy_store
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +57,12 @@ def poll_once(
 
 
 def housekeeping(engine: Engine, settings: Settings, clock: Clock = utcnow) -> None:
-    """Catch up on alerts and expire ended reservations. Never raises."""
-    from broker.api.idempotency import forget_old_keys
-    from broker.db import session_scope
-    from broker.ledger import expire_reservations
-
+    """Catch up on alerts, expire ended reservations and forget old Idempotency-Keys (by
+    `clock` capped by the database's: `workers.housekeeping`). Never raises."""
     try:
         done = sweep_embedded(engine, settings, clock)
-        with session_scope(engine) as session:
-            expired = expire_reservations(session, clock())
-            forget_old_keys(session, clock(), settings.idempotency_ttl_hours)
+        tidied = tidy_store(engine, settings, clock)
+        expired = tidied.expired
         if done["batches"] or done["sent"] or done["unconfirmed"] or expired:
             log.info("embedded.housekeeping %s, %d reservations expired", done, len(expired))
     except Exception:

@@ -1,8 +1,12 @@
 """Celery tasks: thin wrappers over the plain functions of `broker/`.
 
-    poll(provider) ──ingest──▶ process_events(first_id, last_id) ──▶ deliver(delivery_id)
+    poll(provider, fence) ──ingest──▶ process_events(first_id, last_id) ──▶ deliver(delivery_id)
     sweep() (every `alerts.sweep_interval_s`, from the scheduler): re-queues what a lost task
     left (unprocessed event batches, due deliveries) and expires ended reservations.
+
+A poll the scheduler enqueued carries the fence of the leader lease it was enqueued under;
+one whose fence is no longer the latest (its leader was paused past its lease and replaced)
+is refused (`workers.fencing`). A poll without a fence (asked for by hand) is run.
 
 Each builds what it needs from Settings, calls one function of `broker`, and enqueues the
 next step. All are idempotent (acks_late: a task may run twice after a worker dies):
@@ -17,6 +21,7 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
+import redis
 from sqlalchemy import Engine, select
 
 from broker import db
@@ -27,6 +32,8 @@ from broker.pipeline import deliver_pending, process_events
 from broker.polling import poll_source
 from broker.sources import build_sources
 from workers.celery_app import app
+from workers.fencing import current_fence
+from workers.housekeeping import tidy_store
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +62,39 @@ def poll_due(engine: Engine, settings: Settings, provider: str) -> bool:
     return bool(utcnow() - row.last_poll_at >= timedelta(seconds=wait))
 
 
+@cache
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def stale_fence(settings: Settings, fence: int) -> int | None:
+    """None when `fence` is the latest lease's; else the latest fence (0: none), meaning
+    the poll comes from a scheduler that lost its lease.
+
+    Raises:
+        redis.exceptions.RedisError: Redis does not answer (the task is delivered again).
+    """
+    url = settings.redis_url or str(app.conf.broker_url)
+    current = current_fence(_redis(url))
+    return None if current == fence else (current or 0)
+
+
 @app.task(name="broker.poll", bind=True, max_retries=3, default_retry_delay=30)
-def poll(self: Any, provider: str, force: bool = False) -> dict[str, Any]:
-    """Poll one provider, ingest, and enqueue the processing of the events it wrote."""
+def poll(self: Any, provider: str, force: bool = False, fence: int | None = None) -> dict[str, Any]:
+    """Poll one provider, ingest, and enqueue the processing of the events it wrote.
+    `fence`: the scheduler's lease token; a stale one is refused, nothing polled."""
     settings, engine = _runtime()
+    if fence is not None:
+        latest = stale_fence(settings, fence)
+        if latest is not None:
+            log.warning(
+                "tasks.poll_stale_fence %s: fence %d, latest %d; refused",
+                provider,
+                fence,
+                latest,
+                extra={"provider": provider, "fence": fence, "latest_fence": latest},
+            )
+            return {"provider": provider, "skipped": f"stale scheduler fence {fence}"}
     if not force and not poll_due(engine, settings, provider):
         log.info("tasks.poll_backing_off %s", provider)
         return {"provider": provider, "skipped": "backing off while degraded"}
@@ -109,12 +145,9 @@ def deliver(self: Any, delivery_id: int) -> dict[str, Any]:
 def sweep() -> dict[str, Any]:
     """The outbox and the poll runs are the truth, the queue only a hint: re-queue event
     batches left unprocessed and deliveries due for a while (their task was lost, e.g. to a
-    Redis restart), mark sends cut off mid-call, expire ended reservations, forget old
-    Idempotency-Keys."""
+    Redis restart), mark sends cut off mid-call; then expire ended reservations and forget
+    old Idempotency-Keys, never ahead of the database's clock (`workers.housekeeping`)."""
     from broker import alerts
-    from broker.api.idempotency import forget_old_keys
-    from broker.db import session_scope
-    from broker.ledger import expire_reservations
 
     settings, engine = _runtime()
     found = alerts.sweep(engine, settings, utcnow)
@@ -122,9 +155,8 @@ def sweep() -> dict[str, Any]:
         process.delay(first, last)
     for delivery_id in found.deliveries:
         deliver.delay(delivery_id)
-    with session_scope(engine) as session:
-        expired = expire_reservations(session, utcnow())
-        forget_old_keys(session, utcnow(), settings.idempotency_ttl_hours)
+    tidied = tidy_store(engine, settings, utcnow)
+    expired = tidied.expired
     if found.ranges or found.deliveries or found.unconfirmed or expired:
         log.warning(
             "tasks.sweep batches=%d deliveries=%d unconfirmed=%d expired=%d",
@@ -138,4 +170,5 @@ def sweep() -> dict[str, Any]:
         "deliveries": len(found.deliveries),
         "unconfirmed": found.unconfirmed,
         "expired_reservations": len(expired),
+        "clock_skew_s": tidied.clock_skew_s,
     }

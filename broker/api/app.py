@@ -59,6 +59,10 @@ _V1_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such resource."},
     422: {"model": ErrorBody, "description": "A parameter or body field is invalid."},
     429: {"model": ErrorBody, "description": "This API key is over its rate (Retry-After)."},
+    503: {
+        "model": ErrorBody,
+        "description": "The database is unavailable; retry after Retry-After.",
+    },
 }
 
 

@@ -3,6 +3,11 @@
 Routes raise `ApiError` (or a helper below); FastAPI's own validation errors, malformed JSON
 bodies and Starlette's 404/405 are mapped onto the same shape here, so a client handles one
 format. Messages never echo a credential: the validation handler drops the offending input.
+
+The database out of reach (connection refused or dropped, the server shutting down, a pool
+exhausted, SQLite locked) is 503 `database_unavailable` with `Retry-After`, never a 500: the
+request was fine and may simply be sent again. The driver's message (which may name the
+host and user) stays in the server log.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,18 @@ STATUS_CODES: Mapping[int, str] = {
     429: "rate_limited",
     503: "not_ready",
 }
+#: Seconds a client is told to wait when the database is out of reach: a restart or a
+#: failover of PostgreSQL usually takes a few.
+DB_RETRY_AFTER_S = 5
+#: Errors meaning "the database cannot be reached or cannot serve now", not "the request is
+#: wrong": `OperationalError` (connect refused, connection lost, admin shutdown, serialisation
+#: or lock timeouts, SQLite busy), `InterfaceError` (a closed connection), `TimeoutError`
+#: (no connection free in the pool in time).
+DB_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+)
 
 
 class ErrorDetail(BaseModel):
@@ -167,6 +185,23 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, detail or code.replace("_", " "), None, headers)
 
 
+async def _db_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    orig = getattr(exc, "orig", None)
+    log.warning(
+        "api.database_unavailable %s %s: %s",
+        request.method,
+        request.url.path,
+        type(orig or exc).__name__,
+    )
+    return error_response(
+        503,
+        "database_unavailable",
+        f"the database is unavailable; retry in {DB_RETRY_AFTER_S} s",
+        None,
+        {"Retry-After": str(DB_RETRY_AFTER_S)},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error(
         "api.unhandled_error %s %s: %s",
@@ -183,4 +218,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for db_error in DB_UNAVAILABLE:
+        app.add_exception_handler(db_error, _db_unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -29,6 +29,7 @@ from broker.config import Settings
 from broker.db import session_scope
 from broker.models import ApiKey, Team
 from tests.api.conftest import Clock, Keys, TestClient, bearer
+from tests.fakes.http import closed_port
 
 
 def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:
@@ -303,6 +304,25 @@ def test_readyz_checks_the_database_and_its_revision(
         TestClient(create_app(settings, unreachable)).get("/readyz"), 503, "not_ready"
     )
     assert "unreachable" in err["message"]
+
+
+def test_a_database_out_of_reach_is_503_with_retry_after(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL down (nothing listens on its port): an API read answers 503 with
+    Retry-After in the one error shape, not 500, and the driver's text stays in no
+    response."""
+    url = f"postgresql+psycopg://broker:hunter2-pw@127.0.0.1:{closed_port()}/broker"
+    app = create_app(settings, db.make_engine(url=url))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        for path in ("/v1/offers", "/v1/providers", "/v1/reservations"):
+            resp = c.get(path, headers=bearer("gpb_" + "x" * 40))
+            err = assert_error(resp, 503, "database_unavailable")
+            assert int(resp.headers["Retry-After"]) > 0
+            assert "hunter2" not in resp.text and "127.0.0.1" not in resp.text
+        assert_error(c.get("/readyz"), 503, "not_ready")
+    assert "retry" in err["message"]
+    assert "api.database_unavailable" in caplog.text and "hunter2" not in caplog.text
 
 
 def test_openapi_lists_the_routes(client: TestClient) -> None:

