@@ -46,7 +46,7 @@ from __future__ import annotations
 from broker.alerts.clock import database_now, decision_now, due_now, is_process_clock
 from broker.alerts.delivery import DeliveryOutcome, Sweep, deliver, sweep
 from broker.alerts.filters import CompiledFilter, OfferFilter
-from broker.alerts.matching import claim_batch, mark_processed, match_events
+from broker.alerts.matching import claim_batch, mark_processed, match_events, write_delivery
 from broker.alerts.messages import (
     build_test_message,
     offer_link,
@@ -155,4 +155,5 @@ __all__ = [
     "sweep",
     "update_subscription",
     "webhook_kind",
+    "write_delivery",
 ]

@@ -691,3 +691,25 @@ def test_a_worker_whose_clock_is_ten_minutes_ahead_sends_nothing_early(
     assert sweep_embedded(engine, settings, ahead) == {"batches": 0, "sent": 0, "unconfirmed": 0}
     assert alerts.deliver(engine, sending, settings, ahead).state == alerts.SENDING
     assert len(fake_slack.server.requests) == 1 and fake_slack.messages == []
+
+
+def test_the_outbox_writes_one_row_per_dedupe_key_whenever_it_is_written(
+    engine: Engine, tmp_path: Path, fake_slack: FakeSlack
+) -> None:
+    """Whatever else stops a batch from being processed twice (the batch claim), the outbox
+    itself keeps one row per dedupe key: writing the same alert again later, as a second
+    processing of the same events would, returns the first row."""
+    settings = Settings(data_dir=tmp_path, slack_webhook_hosts=[fake_slack.host])
+    now = datetime(2026, 5, 9, tzinfo=UTC)
+    [url] = subscribe(engine, settings, fake_slack, ["lambda-h100-eu"], now).values()
+    with session_scope(engine) as session:
+        sub = session.execute(select(AlertSubscription)).scalars().one()
+        conn = session.connection()
+        first = alerts.write_delivery(conn, sub, "offers", "batch-7:sub", {"text": "x"}, now, now)
+        again = alerts.write_delivery(
+            conn, sub, "offers", "batch-7:sub", {"text": "x"}, now + timedelta(minutes=5), now
+        )
+    assert first == again
+    with session_scope(engine) as session:
+        assert session.execute(select(func.count()).select_from(AlertDelivery)).scalar_one() == 1
+    assert url
